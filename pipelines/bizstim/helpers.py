@@ -1,0 +1,139 @@
+"""Bizstim's path-offset sweep: first page for `total`, the rest concurrently, checked for drift.
+
+`/sessions/{start}/{limit}` is offset paging over a live table with no snapshot, so a booking made
+or deleted mid-sweep shifts every later row by one. Consecutive pages therefore overlap by one
+row: when the shared row differs, something moved before it and the sweep is read again rather
+than silently skipping or duplicating a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.errors import SweepInconsistent
+from pipelines.http import BadBody, HttpClient, JsonResponse
+from pipelines.rows import rows_to_table
+
+from .settings import REQUIRED_FIELDS, SESSION_FIELDS, TIMEZONE_COLUMN
+
+
+def check_page(data: Any) -> None:
+    """A 200 must hold the documented envelope; anything else is a glitch worth retrying."""
+    if not isinstance(data, dict):
+        raise BadBody("a body that is not a JSON object")
+    if data.get("status") == "failure":
+        raise BadBody(f"status failure: {str(data.get('response'))[:120]}")
+    if not isinstance(data.get("response"), list):
+        raise BadBody("a body without a `response` list")
+    try:
+        int(data.get("total"))
+    except (TypeError, ValueError):
+        raise BadBody("a body without a numeric `total`") from None
+
+
+@dataclass
+class Page:
+    start: int
+    total: int
+    timezone: str | None
+    ids: list[str]
+    table: pa.Table
+    replaced_utf8: bool = False
+
+
+@dataclass
+class Sweep:
+    """Reads every session once; `problems` non-empty means the listing moved under us."""
+
+    client: HttpClient
+    page_size: int
+    first: Page | None = None
+    problems: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    rows: int = 0
+
+    def fetch(self, start: int) -> Page:
+        response = self.client.get_json(f"/sessions/{start}/{self.page_size}", check=check_page)
+        return _to_page(start, response)
+
+    def first_page(self) -> Page:
+        if self.first is None:
+            self.first = self.fetch(0)
+        return self.first
+
+    def pages(self, on_rows: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+        """Yield one Arrow table per page, in order, de-duplicated on the overlap row."""
+        first = self.first_page()
+        step = self.page_size - 1
+        expected_total = first.total
+        previous = first
+        yield from self._emit(first, on_rows)
+        starts = range(step, max(expected_total - 1, 1), step)
+        for page in self.client.map_ordered(self.fetch, starts):
+            self._check_boundary(previous, page)
+            yield from self._emit(page, on_rows, skip_first=True)
+            previous = page
+        # rows appended during the sweep: read on past the first `total` until a short page
+        while len(previous.ids) == self.page_size and previous.start + self.page_size < max(
+            previous.total, expected_total
+        ):
+            page = self.fetch(previous.start + step)
+            self._check_boundary(previous, page)
+            yield from self._emit(page, on_rows, skip_first=True)
+            previous = page
+
+    def _check_boundary(self, previous: Page, page: Page) -> None:
+        if len(previous.ids) != self.page_size:
+            self.problems.append(
+                f"page at {previous.start} held {len(previous.ids)} rows, not {self.page_size}"
+            )
+        elif not page.ids or page.ids[0] != previous.ids[-1]:
+            self.problems.append(
+                f"rows shifted between the pages at {previous.start} and {page.start}"
+            )
+
+    def _emit(
+        self, page: Page, on_rows: Callable[[int], None] | None, skip_first: bool = False
+    ) -> Iterator[pa.Table]:
+        table = page.table.slice(1) if skip_first and page.table.num_rows else page.table
+        ids = page.ids[1:] if skip_first else page.ids
+        before = len(self.seen)
+        self.seen.update(ids)
+        if len(self.seen) - before != len(ids):
+            self.problems.append(f"a session id appeared twice near offset {page.start}")
+        self.rows += len(ids)
+        if on_rows is not None:
+            on_rows(len(ids))
+        if table.num_rows:
+            yield table
+
+    def raise_if_inconsistent(self) -> None:
+        if self.problems:
+            raise SweepInconsistent(
+                f"Bizstim sessions changed while they were being read ({self.problems[0]})."
+            )
+
+
+def _to_page(start: int, response: JsonResponse) -> Page:
+    data = response.data
+    rows = data["response"]
+    timezone = data.get(TIMEZONE_COLUMN)
+    timezone = timezone if isinstance(timezone, str) else None
+    table = rows_to_table(
+        rows,
+        SESSION_FIELDS,
+        entity="session",
+        required=REQUIRED_FIELDS,
+        constants={TIMEZONE_COLUMN: timezone},
+        check_replacement=response.replaced_utf8,
+    )
+    # a row without an id still loads (and is reported); it just cannot take part in overlap checks
+    ids = [
+        str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"?{start}+{i}"
+        for i, row in enumerate(rows)
+    ]
+    return Page(start, int(data["total"]), timezone, ids, table, response.replaced_utf8)

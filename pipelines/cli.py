@@ -1,0 +1,152 @@
+"""`practice-sync run | transform | demo`: argument parsing and messages only.
+
+A scheduler reads the exit code and a person reads one sentence; a traceback is shown only with
+`--debug`, because nobody can act on one at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from pipelines.errors import ExitCode
+from pipelines.http import is_expected
+from pipelines.pipeline import SOURCES, Job, database_from_config, run, transform
+from pipelines.report import RunReport
+
+DEMO_QUERY = """\
+select session_date, local_start, timezone, start_utc, status, practitioner_id
+from analytics.sessions order by start_utc desc nulls last limit 10;"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="practice-sync",
+        description="Load Bizstim and TimeTap booking data into DuckDB and build `analytics`.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_cmd = commands.add_parser("run", help="load every configured source, then transform")
+    run_cmd.add_argument(
+        "--source", choices=sorted(SOURCES), action="append", help="only this source (repeatable)"
+    )
+    run_cmd.add_argument(
+        "--allow-deletions",
+        action="store_true",
+        help="retire records that vanished upstream even when unusually many did",
+    )
+    run_cmd.add_argument(
+        "--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
+    )
+    run_cmd.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    transform_cmd = commands.add_parser("transform", help="rebuild analytics from loaded data")
+    transform_cmd.add_argument(
+        "--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
+    )
+
+    demo = commands.add_parser("demo", help="load the built-in simulator into a local DuckDB file")
+    demo.add_argument(
+        "--dir", default="demo", help="where the demo warehouse goes (default: ./demo)"
+    )
+    demo.add_argument(
+        "--sessions", type=int, default=5000, help="simulated sessions (default 5000)"
+    )
+    demo.add_argument(
+        "--clients", type=int, default=500, help="simulated TimeTap clients (default 500)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="practice-sync: %(message)s",
+    )
+    try:
+        if args.command == "run":
+            job = Job(
+                database=database_from_config(args.database),
+                sources=args.source,
+                allow_deletions=args.allow_deletions,
+                show_progress=not args.quiet,
+            )
+            report, code = run(job)
+            print(report.render())
+            return int(code)
+        if args.command == "transform":
+            report, code = transform(database_from_config(args.database))
+            print(report.render())
+            return int(code)
+        return _demo(args)
+    except KeyboardInterrupt:
+        print(
+            "practice-sync: interrupted; the warehouse keeps its last complete state.",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        expected = is_expected(exc)
+        if args.debug:
+            traceback.print_exc()
+        if expected is not None:
+            print(f"practice-sync: {expected}", file=sys.stderr)
+            return int(expected.exit_code)
+        print(
+            f"practice-sync: unexpected error ({type(exc).__name__}); nothing was applied past the "
+            "last completed step. Re-run with --debug and report the output.",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERNAL)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Start the simulator on a loopback port and run the real job against it."""
+    from pipelines.simulator import Simulator
+
+    target = Path(args.dir).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    database = target / "practice_sync_demo.duckdb"
+    print(
+        f"Starting the Bizstim + TimeTap simulator ({args.sessions:,} sessions, {args.clients:,} clients) ..."
+    )
+    with Simulator(sessions=args.sessions, clients=args.clients) as sim:
+        job = Job(
+            database=database,
+            overrides={
+                "bizstim": {"base_url": sim.bizstim_url, "api_key": sim.bizstim_api_key},
+                "timetap": {
+                    "base_url": sim.timetap_url,
+                    "api_key": sim.timetap_api_key,
+                    "private_key": sim.timetap_private_key,
+                },
+            },
+        )
+        report, code = run(job)
+    print(report.render())
+    if code not in (ExitCode.OK,):
+        return int(code)
+    _print_next_steps(database, report)
+    return 0
+
+
+def _print_next_steps(database: Path, report: RunReport) -> None:
+    query_file = Path(tempfile.gettempdir()) / "practice_sync_demo_query.sql"
+    query_file.write_text(DEMO_QUERY + "\n")
+    print(f"\nWarehouse: {database}")
+    print("Try a query (DuckDB's Python API, installed in the environment):")
+    print(
+        f"  .venv/bin/python -c \"import duckdb; duckdb.connect('{database}', read_only=True)"
+        f".sql(open('{query_file}').read()).show()\""
+    )
+    print("Tables: " + ", ".join(f"analytics.{name}" for name in sorted(report.analytics)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

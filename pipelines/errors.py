@@ -1,0 +1,59 @@
+"""Errors a person can act on, each with the exit code a scheduler sees.
+
+Every failure that reaches the CLI is one of these, so the message is a single sentence that
+names the source and the setting to fix, and never carries a URL with keys in it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes documented in the README; a scheduler alerts on anything but OK."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: the message asks to re-run with --debug and report it
+    USAGE = 2  # bad command line or configuration (missing key, unwritable path, ...)
+    DELETIONS_WITHHELD = 3  # loaded, but suspiciously many records vanished: not retired
+    SOURCE_FAILED = 4  # an API stayed unreachable or broken after every retry
+    AUTH_FAILED = 5  # the vendor rejected the key
+    LOCKED = 6  # another run holds the warehouse
+    TRANSFORM_FAILED = 7  # raw data loaded, analytics tables kept as they were
+
+
+class PracticeSyncError(Exception):
+    """An expected failure: its message is shown to the user as is."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(PracticeSyncError):
+    exit_code = ExitCode.USAGE
+
+
+class SourceUnavailable(PracticeSyncError):
+    exit_code = ExitCode.SOURCE_FAILED
+
+
+class AuthRejected(PracticeSyncError):
+    exit_code = ExitCode.AUTH_FAILED
+
+
+class WarehouseLocked(PracticeSyncError):
+    exit_code = ExitCode.LOCKED
+
+
+class SweepInconsistent(PracticeSyncError):
+    """The listing changed under a paged sweep; the sweep must be read again."""
+
+    exit_code = ExitCode.SOURCE_FAILED
+
+
+class TransformFailed(PracticeSyncError):
+    exit_code = ExitCode.TRANSFORM_FAILED
