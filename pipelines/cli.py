@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="practice-sync: %(message)s",
     )
+    # urllib3 logs full URLs at debug level, and TimeTap's token URL carries the api key
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         if args.command == "run":
             job = Job(
@@ -78,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 show_progress=not args.quiet,
             )
             report, code = run(job)
-            print(report.render())
-            return int(code)
+            return _finish(report, code)
         if args.command == "transform":
             report, code = transform(database_from_config(args.database))
-            print(report.render())
-            return int(code)
+            return _finish(report, code)
         return _demo(args)
     except KeyboardInterrupt:
         print(
@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.INTERNAL)
+
+
+def _finish(report: RunReport, code: ExitCode) -> int:
+    """The summary on stdout; each failure once more on stderr, where schedulers look."""
+    print(report.render(), flush=True)
+    for problem in report.problems():
+        print(f"practice-sync: {problem}", file=sys.stderr)
+    return int(code)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -129,9 +137,9 @@ def _demo(args: argparse.Namespace) -> int:
             },
         )
         report, code = run(job)
+    if code != ExitCode.OK:
+        return _finish(report, code)
     print(report.render())
-    if code not in (ExitCode.OK,):
-        return int(code)
     _print_next_steps(database, report)
     return 0
 

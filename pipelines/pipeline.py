@@ -39,6 +39,16 @@ PIPELINE_PREFIX = "practice_sync"
 DEFAULT_DATABASE = "practice_sync.duckdb"
 MAX_SWEEPS = 3
 
+# dlt settings the job depends on, whatever folder it is started from (a user's own value wins):
+# the raw layer keeps each row's load id, finished load files are not kept forever, and the
+# staging copy of a night's sweep does not linger in the warehouse
+DLT_DEFAULTS = {
+    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
+    "LOAD__DELETE_COMPLETED_JOBS": "true",
+    "LOAD__TRUNCATE_STAGING_DATASET": "true",
+    "RUNTIME__DLTHUB_TELEMETRY": "false",
+}
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -130,8 +140,8 @@ def warehouse_lock(database: Path) -> Iterator[None]:
     except BlockingIOError:
         handle.close()
         raise WarehouseLocked(
-            f"Another practice-sync run is using {database}; this one did nothing. "
-            "Wait for it to finish, or remove nothing: the lock frees itself when that run ends."
+            f"Another practice-sync run is using {database}; this run changed nothing "
+            "(the lock frees itself when that run ends)."
         ) from None
     try:
         yield
@@ -234,6 +244,8 @@ def _worst(codes: Sequence[ExitCode]) -> ExitCode:
 
 
 def make_pipeline(spec: SourceSpec, job: Job) -> dlt.Pipeline:
+    for key, value in DLT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return dlt.pipeline(
         pipeline_name=f"{PIPELINE_PREFIX}_{spec.name}",
         pipelines_dir=str(job.pipelines_dir),

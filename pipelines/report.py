@@ -50,6 +50,17 @@ class RunReport:
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
+    def problems(self) -> list[str]:
+        """Every sentence a person must act on, in the order they happened."""
+        out: list[str] = []
+        for src in self.sources:
+            out.extend(src.withheld)
+            if src.error:
+                out.append(src.error)
+        if self.transform_error:
+            out.append(self.transform_error)
+        return out
+
     def render(self) -> str:
         """A few lines a person reads over coffee: what changed, what went wrong, how long."""
         lines: list[str] = []

@@ -1,0 +1,56 @@
+"""`python -m pipelines.simulator`: serve both simulated APIs in the foreground, e.g. for curl."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from .server import Simulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.simulator",
+        description="Serve simulated Bizstim and TimeTap APIs until interrupted (Ctrl-C).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--packages", type=int, default=25)
+    parser.add_argument("--timezone", default="America/Los_Angeles")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per response")
+    parser.add_argument("--no-edge-cases", action="store_true", help="serve only clean rows")
+    args = parser.parse_args(argv)
+
+    sim = Simulator(
+        seed=args.seed,
+        sessions=args.sessions,
+        clients=args.clients,
+        packages=args.packages,
+        timezone=args.timezone,
+        latency=args.latency,
+        edge_cases=not args.no_edge_cases,
+        host=args.host,
+        port=args.port,
+    ).start()
+    print(f"Simulator at {sim.url}", flush=True)
+    print(f"  Bizstim  {sim.bizstim_url}  x-api-key: {sim.bizstim_api_key}", flush=True)
+    print(
+        f"  TimeTap  {sim.timetap_url}  apiKey: {sim.timetap_api_key}"
+        f"  privateKey: {sim.timetap_private_key}",
+        flush=True,
+    )
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Bad configuration ends the run with one sentence naming the setting, a meaningful exit code,
+no traceback, and the warehouse as it was."""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import Env, make_env
+
+from pipelines.simulator import Simulator
+
+
+def assert_one_sentence(stderr: str, *fragments: str) -> None:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("practice-sync:")]
+    assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def loaded(env: Env) -> Env:
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    return env
+
+
+def snapshot(env: Env) -> list[tuple]:
+    return env.query(
+        "select (select count(*) from bizstim.sessions), (select count(*) from analytics.sessions),"
+        " (select count(*) from timetap.packages_sold), (select max(load_id) from bizstim._dlt_loads)"
+    )
+
+
+def test_rejected_bizstim_key(loaded: Env) -> None:
+    before = snapshot(loaded)
+    loaded.vars["SOURCES__BIZSTIM__API_KEY"] = "wrong-key"
+    result = loaded.run("run", "--source", "bizstim")
+    assert result.code == 5
+    assert "Bizstim rejected the credentials" in result.stdout
+    assert "SOURCES__BIZSTIM__API_KEY" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert snapshot(loaded) == before
+
+
+def test_rejected_timetap_keys(loaded: Env) -> None:
+    loaded.vars["SOURCES__TIMETAP__PRIVATE_KEY"] = "not-the-private-key"
+    result = loaded.run("run", "--source", "timetap")
+    assert result.code == 5
+    assert "TimeTap rejected the credentials" in result.stdout
+    assert "SOURCES__TIMETAP__PRIVATE_KEY" in result.stdout
+    assert "not-the-private-key" not in result.stdout + result.stderr
+
+
+def test_missing_key_for_a_named_source(sim: Simulator, tmp_path: Path) -> None:
+    env = make_env(sim, tmp_path, timetap=False)
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 2
+    assert_one_sentence(result.stderr, "TimeTap", "SOURCES__TIMETAP__API_KEY")
+
+
+def test_no_source_configured(sim: Simulator, tmp_path: Path) -> None:
+    env = make_env(sim, tmp_path, bizstim=False, timetap=False)
+    result = env.run("run")
+    assert result.code == 2
+    assert_one_sentence(result.stderr, "No source has credentials")
+
+
+def test_wrong_base_url_path(loaded: Env, sim: Simulator) -> None:
+    before = snapshot(loaded)
+    loaded.vars["SOURCES__BIZSTIM__BASE_URL"] = sim.url + "/not-bizstim"
+    result = loaded.run("run", "--source", "bizstim")
+    assert result.code == 4
+    assert "SOURCES__BIZSTIM__BASE_URL" in result.stdout
+    assert snapshot(loaded) == before
+
+
+def test_unreachable_host(loaded: Env) -> None:
+    before = snapshot(loaded)
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loaded.vars["SOURCES__BIZSTIM__BASE_URL"] = f"http://127.0.0.1:{port}/api"
+    result = loaded.run("run", "--source", "bizstim")
+    assert result.code == 4
+    assert f"Bizstim could not be reached at 127.0.0.1:{port}" in result.stdout
+    assert "SOURCES__BIZSTIM__BASE_URL" in result.stdout
+    assert snapshot(loaded) == before
+
+
+def test_not_a_url(env: Env) -> None:
+    env.vars["SOURCES__BIZSTIM__BASE_URL"] = "www.bizstim.com/api"
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 2
+    assert "SOURCES__BIZSTIM__BASE_URL" in result.stdout + result.stderr
+
+
+def test_unwritable_warehouse_path(env: Env, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env.vars["DESTINATION__DUCKDB__CREDENTIALS"] = str(blocker / "warehouse.duckdb")
+    result = env.run("run")
+    assert result.code == 2
+    assert_one_sentence(result.stderr, "DESTINATION__DUCKDB__CREDENTIALS")
+
+
+def test_second_run_on_the_same_warehouse_is_refused(loaded: Env) -> None:
+    before = snapshot(loaded)
+    lock = loaded.database.with_name(loaded.database.name + ".lock")
+    with open(lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running job holds
+        result = loaded.run("run")
+    assert result.code == 6
+    assert_one_sentence(result.stderr, "Another practice-sync run is using")
+    assert snapshot(loaded) == before
+
+
+def test_transform_without_a_warehouse(env: Env) -> None:
+    result = env.run("transform")
+    assert result.code == 2
+    assert_one_sentence(result.stderr, "practice-sync run")
+
+
+def test_debug_shows_the_traceback(env: Env, tmp_path: Path) -> None:
+    env.vars["DESTINATION__DUCKDB__CREDENTIALS"] = str(tmp_path / "missing" / "dir" / "w.duckdb")
+    result = env.run("--debug", "run")
+    assert result.code == 2
+    assert "Traceback" in result.stderr
