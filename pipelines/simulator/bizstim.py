@@ -372,8 +372,11 @@ class Bizstim:
             del self._ids[index]
             self._invalidate()
 
-    def add(self, row: dict | None = None) -> str:
-        """Add a session; fields of `row` override a generated one (an `id` places it)."""
+    def add(self, row: dict | None = None, drop: tuple[str, ...] = ()) -> str:
+        """Add a session; fields of `row` override a generated one (an `id` places it).
+
+        Values need not be strings and `drop` removes fields, for tests of malformed input.
+        """
         with self._lock:
             last_id = self._ids[-1] if self._ids else FIRST_ID - 1
             rnd = random.Random(f"{self._seed}:add:{last_id}:{len(self._ids)}")
@@ -382,6 +385,8 @@ class Bizstim:
             new.update(row or {})
             session_id = int(new["id"])
             new["id"] = str(session_id)
+            for field in drop:
+                new.pop(field, None)
             index = bisect_left(self._ids, session_id)
             if index < len(self._ids) and self._ids[index] == session_id:
                 raise ValueError(f"session {session_id} already exists")
