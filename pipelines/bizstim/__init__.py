@@ -85,14 +85,15 @@ def bizstim(
 
     resource = sessions()
     held = (current_rows or {}).get("sessions", 0)
-    if held and not allow_deletions:
-        vanishing = held - first.total
-        if vanishing > 0 and vanishing > max_deletion_share * held:
-            # with a merge key, scd2 retires only sessions that are present in this sweep
-            resource.apply_hints(merge_key="id")
-            report.withheld.append(
-                f"Bizstim lists {first.total:,} sessions but the warehouse holds {held:,}; "
-                f"more than {max_deletion_share:.0%} would vanish, so none were retired "
-                "(re-run with --allow-deletions if they really were deleted)."
-            )
+    vanishing = held - first.total
+    guarded = bool(held) and not allow_deletions and vanishing > max_deletion_share * held
+    # with a merge key, scd2 retires only sessions present in this sweep; dlt keeps hints in
+    # the stored schema, so a normal run must switch it off explicitly
+    resource.apply_hints(columns={"id": {"data_type": "text", "merge_key": guarded}})
+    if guarded:
+        report.withheld.append(
+            f"Bizstim lists {first.total:,} sessions but the warehouse holds {held:,}; "
+            f"more than {max_deletion_share:.0%} would vanish, so none were retired "
+            "(re-run with --allow-deletions if they really were deleted)."
+        )
     return resource

@@ -126,7 +126,11 @@ def timetap(
     @dlt.resource(
         name="packages_sold",
         write_disposition=SCD2,
-        columns=text_columns([*map(snake, PACKAGE_SOLD_FIELDS), CLIENT_ID_COLUMN]),
+        columns={
+            **text_columns([*map(snake, PACKAGE_SOLD_FIELDS), CLIENT_ID_COLUMN]),
+            # dlt keeps hints in the stored schema: a guarded run's merge key must not stick
+            "package_sold_id": {"data_type": "text", "nullable": True, "merge_key": False},
+        },
     )
     def packages_sold() -> Iterator[Any]:
         ids = _client_ids(api, client_ids)
@@ -162,7 +166,10 @@ def timetap(
         vanishing = previous - rows
         hints = None
         if previous and not allow_deletions and vanishing > max_deletion_share * previous:
-            hints = dlt.mark.make_hints(merge_key="package_sold_id")
+            # with a merge key, scd2 retires only packages sold present in this sweep
+            hints = dlt.mark.make_hints(
+                columns={"package_sold_id": {"data_type": "text", "merge_key": True}}
+            )
             report.withheld.append(
                 f"TimeTap lists {rows:,} packages sold but the warehouse holds {previous:,}; more "
                 f"than {max_deletion_share:.0%} would vanish, so none were retired "
