@@ -30,6 +30,7 @@ from pipelines.errors import (
     TransformFailed,
     WarehouseLocked,
 )
+from pipelines.failpoints import failpoint, load_collector
 from pipelines.http import is_expected
 from pipelines.report import RunReport, SourceReport, TableChange
 
@@ -251,6 +252,7 @@ def make_pipeline(spec: SourceSpec, job: Job) -> dlt.Pipeline:
         pipelines_dir=str(job.pipelines_dir),
         destination=dlt.destinations.duckdb(str(job.database)),
         dataset_name=spec.name,
+        progress=load_collector(),
     )
 
 
@@ -273,7 +275,12 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
     for attempt in range(1, MAX_SWEEPS + 1):
         try:
             source = spec.factory(**kwargs)
-            pipeline.run(source, loader_file_format="parquet")
+            # the steps one by one: a crash between them is recovered above on the next run
+            pipeline.extract(source, loader_file_format="parquet")
+            failpoint("after-extract")
+            pipeline.normalize()
+            failpoint("after-normalize")
+            pipeline.load()
             break
         except ConfigFieldMissingException as exc:
             raise ConfigError(

@@ -73,10 +73,11 @@ def run_transforms(
     `transforms_dir` defaults to TRANSFORMS_DIR (tests point it at a copy). Any error rolls the whole
     build back and is re-raised with the failing file named in a note.
     """
+    root = transforms_dir or TRANSFORMS_DIR
     built: list[str] = []
     con.execute("begin transaction")
     try:
-        for path in sql_files(transforms_dir or TRANSFORMS_DIR):
+        for path in sql_files(root):
             sql = path.read_text(encoding="utf-8")
             if not all(_table_exists(con, table) for table in required_tables(sql)):
                 continue
@@ -88,7 +89,7 @@ def run_transforms(
                     if match and match.group(1) not in built:
                         built.append(match.group(1))
             except duckdb.Error as error:
-                error.add_note(f"while running transform {path.name}")
+                error.add_note(f"while running transform {path.relative_to(root).as_posix()}")
                 raise
         counts = {
             table: con.execute(f'select count(*) from analytics."{table}"').fetchall()[0][0]

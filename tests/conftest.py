@@ -79,6 +79,16 @@ class Env:
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
+    def start(self, *args: str) -> subprocess.Popen:
+        """The same run, not waited for: a test may kill it wherever it happens to be."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.vars},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     def query(self, sql: str, params: list[object] | None = None) -> list[tuple]:
         with contextlib.closing(duckdb.connect(str(self.database), read_only=True)) as con:
             return con.execute(sql, params or []).fetchall()

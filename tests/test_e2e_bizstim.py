@@ -35,7 +35,9 @@ def test_first_load_matches_upstream_exactly(sim: Simulator, tmp_path: Path) -> 
     assert "timetap: skipped" in result.stdout
 
 
-def test_pages_are_fetched_concurrently_and_overlap_by_one_row(sim: Simulator, tmp_path: Path) -> None:
+def test_pages_are_fetched_concurrently_and_overlap_by_one_row(
+    sim: Simulator, tmp_path: Path
+) -> None:
     env = make_env(sim, tmp_path, timetap=False)
     env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
     sim.latency = 0.05
@@ -79,7 +81,9 @@ def test_a_night_of_changes_is_reflected_exactly(sim: Simulator, env: Env) -> No
     assert history == [(1, False, False), (2, True, True)]
     # a deleted session leaves the current table but stays in history
     gone = int(deleted[0])
-    assert env.query("select count(*) from analytics.sessions where session_id = ?", [gone]) == [(0,)]
+    assert env.query("select count(*) from analytics.sessions where session_id = ?", [gone]) == [
+        (0,)
+    ]
     assert env.query(
         "select count(*) from analytics.session_history where session_id = ? and not is_current",
         [gone],

@@ -36,7 +36,9 @@ def test_first_load_fills_the_analytics_tables(sim: Simulator, tmp_path: Path) -
         [first["packageId"]],
     )
     assert [s[0] for s in services] == sorted(first["serviceIds"])
-    sold = [r[0] for r in env.query("select package_sold_id from analytics.packages_sold order by 1")]
+    sold = [
+        r[0] for r in env.query("select package_sold_id from analytics.packages_sold order by 1")
+    ]
     assert sold == sold_ids(sim)
     # every client was asked once, with a token obtained once
     log = [p for _, p, _ in sim.request_log]
@@ -66,7 +68,8 @@ def test_a_night_of_changes_shows_up_exactly(sim: Simulator, env: Env) -> None:
     sim.timetap.edit_package(edited, price=packages[0]["price"] + 25)
     sim.timetap.retire_package(retired)
     open_sale = next(
-        s for s in sim.timetap.packages_sold()
+        s
+        for s in sim.timetap.packages_sold()
         if s["status"] == "OPEN" and 0 <= s["usedQuantity"] < s["maxQuantity"]
     )
     left = open_sale["maxQuantity"] - open_sale["usedQuantity"]
@@ -103,5 +106,7 @@ def test_token_expiring_mid_run_is_refreshed(sim: Simulator, env: Env) -> None:
     assert result.code == 0, result.stderr
     statuses = [s for _, p, s in sim.request_log if p.endswith("/sessionToken")]
     assert statuses == [200, 200]
-    sold = [r[0] for r in env.query("select package_sold_id from analytics.packages_sold order by 1")]
+    sold = [
+        r[0] for r in env.query("select package_sold_id from analytics.packages_sold order by 1")
+    ]
     assert sold == sold_ids(sim)

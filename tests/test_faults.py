@@ -43,7 +43,8 @@ def warehouse(job: Job) -> tuple[dict, set, set]:
     env = Env({}, job.database)
     cols = ", ".join(f'"{c}"' for c in SESSION_FIELDS)
     sessions = {
-        r[0]: r for r in env.query(f"select {cols} from bizstim.sessions where _dlt_valid_to is null")
+        r[0]: r
+        for r in env.query(f"select {cols} from bizstim.sessions where _dlt_valid_to is null")
     }
     packages = {r[0] for r in env.query("select package_id from analytics.packages")}
     sold = {r[0] for r in env.query("select package_sold_id from analytics.packages_sold")}
@@ -165,7 +166,9 @@ def test_a_listing_that_never_settles_fails_without_writing(sim: Simulator, tmp_
     assert run(job)[1] == ExitCode.OK
     before = warehouse(job)
     rows = iter(sim.bizstim.rows())
-    sim.on_request(r"/sessions/\d+/", lambda: sim.bizstim.delete(next(rows)["id"]), times=1000, after=1)
+    sim.on_request(
+        r"/sessions/\d+/", lambda: sim.bizstim.delete(next(rows)["id"]), times=1000, after=1
+    )
     report, code = run(job)
     assert code == ExitCode.SOURCE_FAILED
     assert "changed while they were being read" in report.sources[0].error

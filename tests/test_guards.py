@@ -37,9 +37,9 @@ def test_far_fewer_rows_withholds_deletions_but_applies_edits(sim: Simulator, en
     assert env.query(
         "select description from analytics.sessions where session_id = ?", [int(edited)]
     ) == [("Renamed by the front desk",)]
-    assert env.query(
-        "select count(*) from bizstim.sessions where id = ?", [kept]
-    ) == [(1,)]  # untouched sessions got no new version
+    assert env.query("select count(*) from bizstim.sessions where id = ?", [kept]) == [
+        (1,)
+    ]  # untouched sessions got no new version
 
     confirmed = env.run("run", "--source", "bizstim", "--allow-deletions")
     assert confirmed.code == 0, confirmed.stderr
@@ -77,4 +77,6 @@ def test_mass_package_retirement_is_withheld(sim: Simulator, env: Env) -> None:
     assert env.query("select count(*) from analytics.packages") == [(len(active),)]
     confirmed = env.run("run", "--source", "timetap", "--allow-deletions")
     assert confirmed.code == 0, confirmed.stderr
-    assert env.query("select count(*) from analytics.packages") == [(len(active) - len(active) // 2,)]
+    assert env.query("select count(*) from analytics.packages") == [
+        (len(active) - len(active) // 2,)
+    ]

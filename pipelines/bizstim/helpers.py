@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.errors import SweepInconsistent
+from pipelines.failpoints import failpoint
 from pipelines.http import BadBody, HttpClient, JsonResponse
 from pipelines.rows import rows_to_table
 
@@ -73,7 +74,9 @@ class Sweep:
         previous = first
         yield from self._emit(first, on_rows)
         starts = range(step, max(expected_total - 1, 1), step)
-        for page in self.client.map_ordered(self.fetch, starts):
+        for number, page in enumerate(self.client.map_ordered(self.fetch, starts), 1):
+            if number == 2:
+                failpoint("mid-extract")
             self._check_boundary(previous, page)
             yield from self._emit(page, on_rows, skip_first=True)
             previous = page
