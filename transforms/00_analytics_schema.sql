@@ -1,0 +1,22 @@
+-- Setup: the analytics schema and an empty data_issues table.
+-- data_issues is rebuilt from scratch on every run; the marts/data_issues__*.sql files of the
+-- sources that are present append to it, so it never keeps rows of a source that is gone.
+--
+-- analytics.data_issues: one row per problem found in a CURRENT raw record.
+--   source     VARCHAR  'bizstim' or 'timetap'
+--   entity     VARCHAR  'session', 'package' or 'package_sold'
+--   record_id  VARCHAR  the record's id exactly as delivered (text, so a garbage id is still shown)
+--   field      VARCHAR  the raw field name ('session_date', 'cancel_clients', 'used_quantity', ...)
+--   value      VARCHAR  the raw value as delivered
+--   problem    VARCHAR  a short sentence: 'not a valid date', 'unknown time zone', ...
+
+create schema if not exists analytics;
+
+create or replace table analytics.data_issues (
+    source varchar,
+    entity varchar,
+    record_id varchar,
+    field varchar,
+    value varchar,
+    problem varchar
+);

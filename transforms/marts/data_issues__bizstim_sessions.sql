@@ -1,0 +1,33 @@
+-- requires: bizstim.sessions
+--
+-- Appends the problems of current Bizstim sessions to analytics.data_issues (created empty by
+-- 00_analytics_schema.sql): typing problems and the extractor's _ingest_issues, then malformed
+-- cancellation entries.
+
+insert into analytics.data_issues
+
+with session_issues as (
+    select record_id, unnest(issues) as issue
+    from stg_bizstim__sessions
+    where is_current
+),
+
+cancellation_issues as (
+    select record_id, entry
+    from stg_bizstim__sessions__cancel_clients
+    where is_current and is_malformed
+),
+
+final as (
+    select 'bizstim' as source, 'session' as entity, record_id,
+        issue.field, issue.value, issue.problem
+    from session_issues
+
+    union all
+
+    select 'bizstim', 'session', record_id,
+        'cancel_clients', entry, 'malformed cancellation entry'
+    from cancellation_issues
+)
+
+select * from final;

@@ -1,0 +1,158 @@
+-- requires: bizstim.sessions
+--
+-- Bizstim sessions, renamed and typed: every scd2 version of every session (marts pick current
+-- rows via is_current). Each row carries `issues`, the problems met while typing it; only those of
+-- current rows are reported (marts/data_issues__bizstim_sessions.sql).
+--
+-- Dates and times are wall-clock values in the account's zone (`timezone` of the API response).
+-- local_* keep that wall clock; *_utc are the real instants, NULL when the zone is unknown.
+
+create or replace temp view stg_bizstim__sessions as
+
+with source as (
+    select * from bizstim.sessions
+),
+
+known_zones as (
+    select name as zone_name from pg_timezone_names()
+),
+
+renamed as (
+    select
+        source.id as record_id,
+        parse_int(source.id) as session_id,
+        case trim(source.session_status)
+            when '0' then 'open'
+            when '1' then 'canceled'
+            when '2' then 'missed'
+            when '3' then 'saved'
+        end as status,
+        parse_flag(source.confirmed) as is_confirmed,
+        parse_flag(source.multi) as is_group,
+        parse_flag(source.display) as is_displayed,
+        parse_flag(source.recurr_on) as is_recurring,
+        parse_flag(source.session_reminder) as has_reminder_sent,
+        parse_flag(source.session_sms) as has_sms_sent,
+        parse_flag(source.assessment_moderation) as is_moderation_required,
+        parse_flag(source.assessment_present) as has_assessment,
+        try_cast(parse_int(source.slots) as integer) as slots,
+        parse_int(source.client_id) as client_id,
+        -- The field table says pract_d, the example rows say pract_id: take whichever is filled.
+        case when trim(source.pract_id) <> '' then 'pract_id' else 'pract_d' end as practitioner_field,
+        parse_int(coalesce(nullif(trim(source.pract_id), ''), source.pract_d)) as practitioner_id,
+        parse_int(source.service_id) as service_id,
+        parse_int(source.location_id) as location_id,
+        parse_int(source.class_id) as class_id,
+        parse_int(source.wage_id) as wage_id,
+        parse_int(source.client_due_id) as client_due_id,
+        parse_int(source.recurr_id) as recurr_id,
+        parse_int(source.custom_map_id) as custom_map_id,
+        -- temp is 0 for a normal session, else the id of the original session.
+        nullif(parse_int(source.temp), 0) as temp_session_id,
+        -- A QuickBooks id: kept as text; '0' means no invoice.
+        nullif(nullif(trim(source.qb_invoice_id), ''), '0') as qb_invoice_id,
+        source.session_description as description,
+        source.session_note as note,
+        source.session_private_note as private_note,
+        source.session_other_note as other_note,
+        source.cancel_clients,
+        parse_date(source.session_date) as session_date,
+        parse_time(source.session_start_time) as start_time,
+        parse_time(source.session_end_time) as end_time,
+        coalesce(known_zones.zone_name, source.timezone) as timezone,
+        known_zones.zone_name as known_zone,
+        source._dlt_valid_from as valid_from,
+        source._dlt_valid_to as valid_to,
+        source._dlt_load_id as load_id,
+        -- Rows of one session share its id; a row without a readable id is a session of its own.
+        coalesce(trim(source.id), source._dlt_id) as version_group,
+        list_filter([
+            issue('id', source.id, int_problem(source.id)),
+            issue('session_status', source.session_status,
+                case when source.session_status is not null
+                    and trim(source.session_status) not in ('0', '1', '2', '3')
+                    then 'unknown status code' end),
+            issue('confirmed', source.confirmed, flag_problem(source.confirmed)),
+            issue('multi', source.multi, flag_problem(source.multi)),
+            issue('display', source.display, flag_problem(source.display)),
+            issue('recurr_on', source.recurr_on, flag_problem(source.recurr_on)),
+            issue('session_reminder', source.session_reminder, flag_problem(source.session_reminder)),
+            issue('session_sms', source.session_sms, flag_problem(source.session_sms)),
+            issue('assessment_moderation', source.assessment_moderation,
+                flag_problem(source.assessment_moderation)),
+            issue('assessment_present', source.assessment_present,
+                flag_problem(source.assessment_present)),
+            issue('slots', source.slots, int_problem(source.slots)),
+            issue('client_id', source.client_id, int_problem(source.client_id)),
+            issue('pract_id', source.pract_id,
+                case when trim(source.pract_id) <> '' then int_problem(source.pract_id) end),
+            issue('pract_d', source.pract_d,
+                case when coalesce(trim(source.pract_id), '') = '' then int_problem(source.pract_d) end),
+            issue('service_id', source.service_id, int_problem(source.service_id)),
+            issue('location_id', source.location_id, int_problem(source.location_id)),
+            issue('class_id', source.class_id, int_problem(source.class_id)),
+            issue('wage_id', source.wage_id, int_problem(source.wage_id)),
+            issue('client_due_id', source.client_due_id, int_problem(source.client_due_id)),
+            issue('recurr_id', source.recurr_id, int_problem(source.recurr_id)),
+            issue('custom_map_id', source.custom_map_id, int_problem(source.custom_map_id)),
+            issue('temp', source.temp, int_problem(source.temp)),
+            issue('session_date', source.session_date, date_problem(source.session_date)),
+            issue('session_start_time', source.session_start_time,
+                time_problem(source.session_start_time)),
+            issue('session_end_time', source.session_end_time, time_problem(source.session_end_time)),
+            issue('timezone', source.timezone,
+                case when source.timezone is not null and known_zones.zone_name is null
+                    then 'unknown time zone' end)
+        ], lambda i: i.problem is not null) || ingest_issues(source._ingest_issues) as issues
+    from source
+    -- Zone names are unique ignoring case, and ICU accepts any casing.
+    left join known_zones on lower(known_zones.zone_name) = lower(trim(source.timezone))
+),
+
+localized as (
+    select
+        *,
+        session_date + start_time as local_start,
+        -- An end earlier than the start means the session runs past midnight.
+        end_time < start_time as is_overnight,
+        session_date + end_time
+            + case when end_time < start_time then interval 1 day else interval 0 day end as local_end
+    from renamed
+),
+
+converted as (
+    select
+        *,
+        -- known_zone is NULL for an unknown zone, so AT TIME ZONE never sees a bad name.
+        local_start at time zone known_zone as start_utc,
+        local_end at time zone known_zone as end_utc,
+        wall_clock_readings(local_start, known_zone) as start_readings,
+        wall_clock_readings(local_end, known_zone) as end_readings
+    from localized
+),
+
+final as (
+    select
+        *,
+        ((epoch_us(end_utc) - epoch_us(start_utc)) // 60000000)::integer as duration_minutes,
+        start_readings = 0 as is_start_in_dst_gap,
+        start_readings = 2 as is_start_in_dst_overlap,
+        end_readings = 0 as is_end_in_dst_gap,
+        end_readings = 2 as is_end_in_dst_overlap,
+        valid_to is null
+            and row_number() over (
+                partition by version_group, valid_to is null
+                order by valid_from desc, load_id desc
+            ) = 1 as is_current,
+        row_number() over (
+            partition by version_group order by valid_from, load_id
+        )::integer as version_number,
+        row_number() over (
+            partition by version_group order by valid_from desc, load_id desc
+        ) = 1 as is_last_version,
+        -- Bizstim has no soft delete: a session gone from the API just has no current version.
+        not bool_or(valid_to is null) over (partition by version_group) as has_no_current_version
+    from converted
+)
+
+select * from final;

@@ -1,0 +1,82 @@
+-- requires: timetap.packages
+--
+-- TimeTap packages, renamed and typed: every scd2 version (marts pick current rows via is_current).
+-- Each row carries `issues`, the problems met while typing it; only those of current rows are
+-- reported (marts/data_issues__timetap_packages.sql). service_ids and reason_list stay JSON text
+-- here and are unpacked by the stg_timetap__packages__*.sql views.
+--
+-- GET /package lists active packages only, and DELETE just sets active=false: a retired package
+-- either vanishes (dlt closes its last version) or shows up with active=false.
+
+create or replace temp view stg_timetap__packages as
+
+with source as (
+    select * from timetap.packages
+),
+
+renamed as (
+    select
+        package_id as record_id,
+        parse_int(package_id) as package_id,
+        parse_int(business_id) as business_id,
+        package_name,
+        internal_name,
+        description,
+        parse_decimal(price) as price,
+        try_cast(parse_int(quantity) as integer) as quantity,
+        try_cast(parse_int(expire_in_days) as integer) as expire_in_days,
+        try_cast(parse_int(remind_when_below_quantity) as integer) as remind_when_below_quantity,
+        staff_rate_level,
+        parse_bool(allow_online) as allow_online,
+        parse_bool(taxable) as taxable,
+        parse_bool(active) as active,
+        image_url,
+        parse_epoch_ms(created_date) as created_at,
+        created_user as created_by,
+        parse_epoch_ms(modified_date) as modified_at,
+        modified_user as modified_by,
+        service_ids,
+        reason_list,
+        _dlt_valid_from as valid_from,
+        _dlt_valid_to as valid_to,
+        _dlt_load_id as load_id,
+        -- Rows of one package share its id; a row without a readable id is a package of its own.
+        coalesce(trim(package_id), _dlt_id) as version_group,
+        list_filter([
+            issue('package_id', source.package_id, int_problem(source.package_id)),
+            issue('business_id', source.business_id, int_problem(source.business_id)),
+            issue('price', source.price, decimal_problem(source.price)),
+            issue('quantity', source.quantity, int_problem(source.quantity)),
+            issue('expire_in_days', source.expire_in_days, int_problem(source.expire_in_days)),
+            issue('remind_when_below_quantity', source.remind_when_below_quantity,
+                int_problem(source.remind_when_below_quantity)),
+            issue('allow_online', source.allow_online, bool_problem(source.allow_online)),
+            issue('taxable', source.taxable, bool_problem(source.taxable)),
+            issue('active', source.active, bool_problem(source.active)),
+            issue('created_date', source.created_date, epoch_ms_problem(source.created_date)),
+            issue('modified_date', source.modified_date, epoch_ms_problem(source.modified_date))
+        ], lambda i: i.problem is not null) || ingest_issues(source._ingest_issues) as issues
+    from source
+),
+
+final as (
+    select
+        *,
+        valid_to is null
+            and row_number() over (
+                partition by version_group, valid_to is null
+                order by valid_from desc, load_id desc
+            ) = 1 as is_current,
+        row_number() over (
+            partition by version_group order by valid_from, load_id
+        )::integer as version_number,
+        row_number() over (
+            partition by version_group order by valid_from desc, load_id desc
+        ) = 1 as is_last_version,
+        -- Retired: nothing current and active is left of the package.
+        not coalesce(bool_or(valid_to is null and active) over (partition by version_group), false)
+            as has_no_active_version
+    from renamed
+)
+
+select * from final;

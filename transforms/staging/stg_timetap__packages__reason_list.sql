@@ -1,0 +1,72 @@
+-- requires: timetap.packages
+--
+-- One row per entry of a package version's reason_list (JSON array of {"reasonId", "reasonDesc"}),
+-- with `position` its 1-based place in the array. An entry that is not an object with an integer
+-- reasonId is kept with NULLs and a `problem`; a reason_list that is not a JSON array gives one row
+-- with position NULL and a `problem`.
+
+create or replace temp view stg_timetap__packages__reason_list as
+
+with packages as (
+    select record_id, package_id, is_current, active, reason_list
+    from stg_timetap__packages
+    where trim(reason_list) <> ''
+),
+
+parsed as (
+    select *, json_of_type(reason_list, 'ARRAY') as reasons
+    from packages
+),
+
+entries as (
+    select
+        parsed.record_id,
+        parsed.package_id,
+        parsed.is_current,
+        parsed.active,
+        entry.position::integer as position,
+        -- from_json turns a JSON null entry into SQL NULL: report it as the text 'null'.
+        coalesce(entry.reason::varchar, 'null') as value,
+        case when json_type(entry.reason) = 'OBJECT' then entry.reason end as reason
+    from parsed,
+        unnest(from_json(parsed.reasons, '["JSON"]')) with ordinality as entry(reason, position)
+    where parsed.reasons is not null
+),
+
+reasons as (
+    select
+        record_id,
+        package_id,
+        is_current,
+        active,
+        position,
+        parse_int(reason ->> 'reasonId') as reason_id,
+        reason ->> 'reasonDesc' as reason_description,
+        value,
+        case when parse_int(reason ->> 'reasonId') is null then 'malformed reason entry' end
+            as problem
+    from entries
+),
+
+unreadable_lists as (
+    select
+        record_id,
+        package_id,
+        is_current,
+        active,
+        null::integer as position,
+        null::bigint as reason_id,
+        null::varchar as reason_description,
+        reason_list as value,
+        'not a valid JSON array' as problem
+    from parsed
+    where reasons is null
+),
+
+final as (
+    select * from reasons
+    union all
+    select * from unreadable_lists
+)
+
+select * from final;

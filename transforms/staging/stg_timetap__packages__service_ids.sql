@@ -1,0 +1,52 @@
+-- requires: timetap.packages
+--
+-- One row per entry of a package version's service_ids (JSON array of integers; an integer in a
+-- JSON string, "12", is accepted too). An entry that is not an integer gets service_id NULL and a
+-- `problem`; a service_ids that is not a JSON array gives one row with a `problem`.
+
+create or replace temp view stg_timetap__packages__service_ids as
+
+with packages as (
+    select record_id, package_id, is_current, active, service_ids
+    from stg_timetap__packages
+    where trim(service_ids) <> ''
+),
+
+parsed as (
+    select *, json_of_type(service_ids, 'ARRAY') as services
+    from packages
+),
+
+entries as (
+    select
+        parsed.record_id,
+        parsed.package_id,
+        parsed.is_current,
+        parsed.active,
+        -- from_json turns a JSON null entry into SQL NULL: report it as the text 'null'.
+        coalesce(entry.service::varchar, 'null') as value,
+        parse_int(entry.service ->> '$') as service_id
+    from parsed,
+        unnest(from_json(parsed.services, '["JSON"]')) as entry(service)
+    where parsed.services is not null
+),
+
+final as (
+    select
+        record_id,
+        package_id,
+        is_current,
+        active,
+        service_id,
+        value,
+        case when service_id is null then 'not an integer service id' end as problem
+    from entries
+
+    union all
+
+    select record_id, package_id, is_current, active, null, service_ids, 'not a valid JSON array'
+    from parsed
+    where services is null
+)
+
+select * from final;
