@@ -365,4 +365,6 @@ def _transform_into(database: Path, report: RunReport) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    notes = getattr(exc, "__notes__", None)
+    return f"{text}, {notes[-1]}" if notes else text

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 ROW_HASH = "_dlt_id"
 INGEST_ISSUES = "_ingest_issues"
@@ -41,12 +43,30 @@ def text_columns(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     return columns
 
 
-def row_hash(row: Mapping[str, str | None]) -> str:
-    """Content hash over the non-null values, so a column that appears empty changes nothing."""
-    payload = orjson.dumps(
-        {k: v for k, v in row.items() if v is not None}, option=orjson.OPT_SORT_KEYS
+LONG_VALUE = 100_000  # characters; longer values load in full but are reported
+
+
+def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
+    """Content hash per row: documented columns by position, any others as `name=value`.
+
+    Computed column-wise from the finished table, so a row hashes the same whichever way it was
+    read; an undocumented column that appears empty changes nothing.
+    """
+    extras = sorted(set(table.column_names) - set(documented))
+    parts = [table[name] if name in table.column_names else None for name in documented]
+    parts = [p if p is not None else pa.nulls(table.num_rows, pa.string()) for p in parts]
+    parts += [pc.binary_join_element_wise(f"{name}\x1e", table[name], "") for name in extras]
+    joined = pc.binary_join_element_wise(
+        *parts, "\x1f", null_handling="replace", null_replacement="\x00"
     )
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    blake = hashlib.blake2b
+    return pa.array(
+        [
+            blake(value, digest_size=16).hexdigest()
+            for value in joined.cast(pa.binary()).to_pylist()
+        ],
+        type=pa.string(),
+    )
 
 
 def rows_to_table(
@@ -63,69 +83,108 @@ def rows_to_table(
 
     Unknown fields become extra columns (dlt adds them to the table); a row that is not an
     object is kept as an issue-only row rather than dropped. `expect_text` is for vendors that
-    promise strings (Bizstim): anything else is worth reporting there, not for TimeTap.
+    promise strings (Bizstim): anything else is worth reporting there, not for TimeTap. A page
+    of plain string rows (the nightly case) never loops over values in Python.
     """
-    constants = dict(constants or {})
-    required = tuple(required)
-    names: dict[str, None] = dict.fromkeys(documented)
-    clean: list[dict[str, str | None]] = []
-    issues: list[str | None] = []
-    for row in rows:
-        found: list[dict[str, str]] = []
+    issues: dict[int, list[dict[str, str]]] = {}
+    if not all(type(row) is dict for row in rows):
+        rows = _coerce(rows, entity, expect_text, issues)
+    names = dict.fromkeys(documented)
+    columns: dict[str, pa.Array] = {}
+    try:
+        for name in names:
+            columns[name] = pa.array([row.get(name) for row in rows], type=pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        rows = _coerce(rows, entity, expect_text, issues)
+        columns = {}
+    # every key documented and non-null: the key count adds up without looking at each key
+    if not columns or sum(map(len, rows)) != sum(len(c) - c.null_count for c in columns.values()):
+        names.update(dict.fromkeys(chain.from_iterable(rows)))
+        columns = {n: pa.array([row.get(n) for row in rows], type=pa.string()) for n in names}
+    table = _finish(rows, columns, required, constants, check_replacement, issues)
+    hashes = row_hashes(table, [*documented, *(constants or {}), INGEST_ISSUES])
+    schema = table.schema.append(pa.field(ROW_HASH, pa.string(), nullable=False))
+    return pa.Table.from_arrays([*table.columns, hashes], schema=schema)
+
+
+def _coerce(
+    rows: Sequence[Any], entity: str, expect_text: bool, issues: dict[int, list[dict[str, str]]]
+) -> list[dict[str, str | None]]:
+    """The slow path: every value to text, noting what was not delivered as promised."""
+    out: list[dict[str, str | None]] = []
+    for index, row in enumerate(rows):
         if not isinstance(row, dict):
-            found.append(
+            issues.setdefault(index, []).append(
                 {
                     "field": "",
                     "value": to_text(row) or "",
                     "problem": f"{entity} is not a JSON object",
                 }
             )
-            row = {}
-        out: dict[str, str | None] = {}
+            out.append({})
+            continue
+        clean: dict[str, str | None] = {}
         for key, value in row.items():
-            if key not in names:
-                names[key] = None
             if value is None or type(value) is str:
-                out[key] = value
-            else:
-                text = to_text(value)
-                out[key] = text
-                if expect_text:
-                    found.append(
-                        {
-                            "field": key,
-                            "value": text or "",
-                            "problem": f"arrived as {_json_type(value)}, not as text",
-                        }
+                clean[key] = value
+                continue
+            text = to_text(value)
+            clean[key] = text
+            if expect_text:
+                issues.setdefault(index, []).append(
+                    {
+                        "field": key,
+                        "value": text or "",
+                        "problem": f"arrived as {_json_type(value)}, not as text",
+                    }
+                )
+        out.append(clean)
+    return out
+
+
+def _finish(
+    rows: Sequence[dict[str, Any]],
+    columns: dict[str, pa.Array],
+    required: Iterable[str],
+    constants: Mapping[str, str | None] | None,
+    check_replacement: bool,
+    issues: dict[int, list[dict[str, str]]],
+) -> pa.Table:
+    """Add what the extractor noticed (missing, mangled, oversized values) as `_ingest_issues`."""
+    for name in required:
+        column = columns[name]
+        if column.null_count:
+            for index in pc.indices_nonzero(column.is_null()).to_pylist():
+                if name not in rows[index]:
+                    issues.setdefault(index, []).append(
+                        {"field": name, "value": "", "problem": "missing from the record"}
                     )
-        for key in required:
-            if key not in row:
-                found.append({"field": key, "value": "", "problem": "missing from the record"})
+    for name, column in columns.items():
+        flagged: list[tuple[int, str]] = []
+        lengths = pc.utf8_length(column)
+        if (pc.max(lengths).as_py() or 0) > LONG_VALUE:
+            for index in pc.indices_nonzero(pc.greater(lengths, LONG_VALUE)).to_pylist():
+                size = len(column[index].as_py())
+                flagged.append(
+                    (index, f"unusually long value ({size:,} characters), loaded in full")
+                )
         if check_replacement:
-            for key, value in out.items():
-                if value is not None and REPLACEMENT_CHAR in value:
-                    found.append(
-                        {
-                            "field": key,
-                            "value": value[:200],
-                            "problem": "invalid UTF-8 bytes were replaced",
-                        }
-                    )
-        out.update(constants)
-        clean.append(out)
-        issues.append(orjson.dumps(found).decode() if found else None)
-    for key in constants:
-        names.setdefault(key, None)
-    arrays: dict[str, pa.Array] = {}
-    for name in names:
-        arrays[name] = pa.array([r.get(name) for r in clean], type=pa.string())
-    arrays[INGEST_ISSUES] = pa.array(issues, type=pa.string())
-    hashes = [row_hash({**r, INGEST_ISSUES: i}) for r, i in zip(clean, issues, strict=True)]
-    fields = [pa.field(n, pa.string()) for n in arrays]
-    fields.append(pa.field(ROW_HASH, pa.string(), nullable=False))
-    return pa.Table.from_arrays(
-        [*arrays.values(), pa.array(hashes, type=pa.string())], schema=pa.schema(fields)
-    )
+            hits = pc.fill_null(pc.match_substring(column, REPLACEMENT_CHAR), False)
+            for index in pc.indices_nonzero(hits).to_pylist():
+                flagged.append((index, "invalid UTF-8 bytes were replaced"))
+        for index, problem in flagged:
+            value = column[index].as_py() or ""
+            issues.setdefault(index, []).append(
+                {"field": name, "value": value[:200], "problem": problem}
+            )
+    count = len(rows)
+    for name, value in (constants or {}).items():
+        columns[name] = pa.array([value] * count, type=pa.string())
+    encoded = [None] * count
+    for index, found in issues.items():
+        encoded[index] = orjson.dumps(found).decode()
+    columns[INGEST_ISSUES] = pa.array(encoded, type=pa.string())
+    return pa.table(columns)
 
 
 def _json_type(value: Any) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.failpoints import failpoint
+
 # `transforms` is a package whose *.sql files ship as package data, so this works installed too.
 TRANSFORMS_DIR: Path = Path(str(files("transforms")))
 
@@ -88,6 +90,7 @@ def run_transforms(
                     match = _BUILDS.match(_LEADING_COMMENTS.sub("", statement.query, count=1))
                     if match and match.group(1) not in built:
                         built.append(match.group(1))
+                        failpoint("mid-transform")
             except duckdb.Error as error:
                 error.add_note(f"while running transform {path.relative_to(root).as_posix()}")
                 raise

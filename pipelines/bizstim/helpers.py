@@ -52,6 +52,7 @@ class Sweep:
 
     client: HttpClient
     page_size: int
+    batch_rows: int = 20_000
     first: Page | None = None
     problems: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
@@ -67,7 +68,20 @@ class Sweep:
         return self.first
 
     def pages(self, on_rows: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
-        """Yield one Arrow table per page, in order, de-duplicated on the overlap row."""
+        """Yield the sweep as Arrow tables of about `batch_rows` rows, de-duplicated on the
+        overlap row; dlt's per-item overhead is paid per batch rather than per page."""
+        pending: list[pa.Table] = []
+        rows = 0
+        for table in self._page_tables(on_rows):
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= self.batch_rows:
+                yield pa.concat_tables(pending, promote_options="default")
+                pending, rows = [], 0
+        if pending:
+            yield pa.concat_tables(pending, promote_options="default")
+
+    def _page_tables(self, on_rows: Callable[[int], None] | None) -> Iterator[pa.Table]:
         first = self.first_page()
         step = self.page_size - 1
         expected_total = first.total
