@@ -1,0 +1,96 @@
+"""Bad input from the API never crashes a run and never drops a record: each record loads, with
+NULL where a value is unreadable, and each problem is a row in `analytics.data_issues`."""
+
+from __future__ import annotations
+
+from conftest import Env
+
+from pipelines.simulator import Fault, Simulator
+
+
+def issues_for(env: Env, record_id: str) -> set[tuple[str, str]]:
+    rows = env.query(
+        "select field, problem from analytics.data_issues where record_id = ?", [record_id]
+    )
+    return set(rows)
+
+
+def test_malformed_bizstim_rows_load_and_are_reported(sim: Simulator, env: Env) -> None:
+    assert env.run("run", "--source", "bizstim").code == 0
+    missing = sim.bizstim.add({"id": "900001"}, drop=("session_date", "session_status"))
+    unknown = sim.bizstim.add({"id": "900002", "room_name": "Studio B"})
+    retyped = sim.bizstim.add({"id": "900003", "slots": 12, "client_id": {"id": 5}})
+    huge = sim.bizstim.add({"id": "900004", "session_description": "x" * 250_000})
+    accented = sim.bizstim.add({"id": "900005", "session_note": "Zoë's café"})
+    garbage = sim.bizstim.add({"id": "900006", "session_date": "2022-02-30", "slots": "lots"})
+    # the page holding the new rows comes back once with Latin-1 bytes instead of UTF-8
+    sim.add_fault(Fault(path=r"/sessions/", kind="latin1", times=1))
+
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+
+    ids = {r[0] for r in env.query("select session_id from analytics.sessions")}
+    assert {int(i) for i in (missing, unknown, retyped, huge, accented, garbage)} <= ids
+    assert ids == {int(r["id"]) for r in sim.bizstim.rows()}  # nothing dropped
+
+    assert issues_for(env, missing) >= {
+        ("session_date", "missing from the record"),
+        ("session_status", "missing from the record"),
+    }
+    assert env.query(
+        "select session_date, status from analytics.sessions where session_id = ?", [int(missing)]
+    ) == [(None, None)]
+    # an unknown field becomes a column; the run goes on
+    assert env.query("select room_name from bizstim.sessions where id = ?", [unknown]) == [
+        ("Studio B",)
+    ]
+    assert issues_for(env, unknown) == set()
+    # a value whose type changed is loaded as text and reported; unreadable ones become NULL
+    assert issues_for(env, retyped) >= {
+        ("slots", "arrived as a number, not as text"),
+        ("client_id", "arrived as an object, not as text"),
+    }
+    assert env.query(
+        "select slots, client_id from analytics.sessions where session_id = ?", [int(retyped)]
+    ) == [(12, None)]
+    assert (
+        "session_description",
+        "unusually long value (250,000 characters), loaded in full",
+    ) in issues_for(env, huge)
+    assert env.query(
+        "select length(description) from analytics.sessions where session_id = ?", [int(huge)]
+    ) == [(250_000,)]
+    assert ("session_note", "invalid UTF-8 bytes were replaced") in issues_for(env, accented)
+    assert ("session_date", "not a valid date") in issues_for(env, garbage)
+    assert ("slots", "not an integer") in issues_for(env, garbage)
+
+
+def test_unknown_time_zone_keeps_every_session(sim: Simulator, env: Env) -> None:
+    sim.bizstim.timezone = "Mars/Olympus_Mons"
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    total = len(sim.bizstim.rows())
+    assert env.query(
+        "select count(*), count(start_utc), count(local_start) from analytics.sessions"
+    ) == [(total, 0, env.query("select count(local_start) from analytics.sessions")[0][0])]
+    zone_issues = env.query(
+        "select count(*), min(value) from analytics.data_issues where problem = 'unknown time zone'"
+    )
+    assert zone_issues == [(total, "Mars/Olympus_Mons")]
+
+
+def test_timetap_bad_values_are_reported_not_dropped(sim: Simulator, env: Env) -> None:
+    package = sim.timetap.active_packages()[0]["packageId"]
+    sim.timetap.edit_package(package, price="free", serviceIds="not-a-list", newField=[1, 2])
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    assert env.query(
+        "select price from analytics.packages where package_id = ?", [package]
+    ) == [(None,)]
+    fields = {f for f, _ in issues_for(env, str(package))}
+    assert {"price", "service_ids"} <= fields
+    assert env.query("select new_field from timetap.packages where package_id = ?", [str(package)]) == [
+        ("[1,2]",)
+    ]
+    sold = {r[0] for r in env.query("select package_sold_id from analytics.packages_sold")}
+    assert sold == {s["packageSoldId"] for s in sim.timetap.packages_sold()}
