@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
-from pipelines.errors import ExitCode
+from pipelines.errors import ConfigError, ExitCode
 from pipelines.http import is_expected
 from pipelines.pipeline import SOURCES, Job, database_from_config, run, transform
 from pipelines.report import RunReport
 
-DEMO_QUERY = """\
-select session_date, local_start, timezone, start_utc, status, practitioner_id
-from analytics.sessions order by start_utc desc nulls last limit 10;"""
+DEMO_QUERY = (
+    "select status, count(*) as sessions, min(start_utc) as first_utc, max(start_utc) as last_utc "
+    "from analytics.sessions group by status order by sessions desc"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     transform_cmd.add_argument(
         "--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
     )
+
+    sql = commands.add_parser("sql", help="run one read-only query and print the result")
+    sql.add_argument("query", help='e.g. "select count(*) from analytics.sessions"')
+    sql.add_argument("--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)")
 
     demo = commands.add_parser("demo", help="load the built-in simulator into a local DuckDB file")
     demo.add_argument(
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "transform":
             report, code = transform(database_from_config(args.database))
             return _finish(report, code)
+        if args.command == "sql":
+            return _sql(database_from_config(args.database), args.query)
         return _demo(args)
     except KeyboardInterrupt:
         print(
@@ -114,13 +122,31 @@ def _finish(report: RunReport, code: ExitCode) -> int:
     return int(code)
 
 
+def _sql(database: Path, query: str) -> int:
+    """Analysts without a DuckDB shell can still look; read-only, so it never blocks a run."""
+    import duckdb
+
+    if not database.exists():
+        raise ConfigError(f"There is no warehouse at {database}: run `practice-sync run` first.")
+    try:
+        with duckdb.connect(str(database), read_only=True) as con:
+            con.sql(query).show(max_width=160)
+    except duckdb.Error as exc:
+        print(f"practice-sync: the query failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Start the simulator on a loopback port and run the real job against it."""
+    """Start the simulator on a loopback port and run the real job against it, from scratch."""
     from pipelines.simulator import Simulator
 
     target = Path(args.dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
     database = target / "practice_sync_demo.duckdb"
+    for old in (database, database.with_name(database.name + ".wal")):
+        old.unlink(missing_ok=True)
+    shutil.rmtree(Job(database=database).pipelines_dir, ignore_errors=True)
     print(
         f"Starting the Bizstim + TimeTap simulator ({args.sessions:,} sessions, {args.clients:,} clients) ..."
     )
@@ -145,15 +171,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _print_next_steps(database: Path, report: RunReport) -> None:
-    query_file = Path(tempfile.gettempdir()) / "practice_sync_demo_query.sql"
-    query_file.write_text(DEMO_QUERY + "\n")
     print(f"\nWarehouse: {database}")
-    print("Try a query (DuckDB's Python API, installed in the environment):")
-    print(
-        f"  .venv/bin/python -c \"import duckdb; duckdb.connect('{database}', read_only=True)"
-        f".sql(open('{query_file}').read()).show()\""
-    )
     print("Tables: " + ", ".join(f"analytics.{name}" for name in sorted(report.analytics)))
+    print("\nA query to try (or open the file with any DuckDB client):")
+    shown = os.path.relpath(database) if database.is_relative_to(Path.cwd()) else database
+    print(f'  .venv/bin/practice-sync sql --database {shown} "{DEMO_QUERY}"\n')
+    _sql(database, DEMO_QUERY)
 
 
 if __name__ == "__main__":
