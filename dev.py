@@ -27,7 +27,7 @@ def _python() -> str:
 
 def ensure_env() -> None:
     """Create and fill the virtualenv unless it already matches pyproject.toml."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything checks it
         sys.exit(f"practice-sync needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,8 +257,19 @@ def make_pipeline(spec: SourceSpec, job: Job) -> dlt.Pipeline:
     )
 
 
+def _discard_interrupted_extracts(pipeline: dlt.Pipeline) -> None:
+    """A killed extract leaves a half-written sweep in a uniquely named folder that dlt never
+    reads again; remove it so crashes do not pile up on disk (we hold the warehouse lock)."""
+    folder = Path(pipeline.working_dir) / "normalize"
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.is_dir() and child.name != "extracted":
+                shutil.rmtree(child, ignore_errors=True)
+
+
 def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
     pipeline = make_pipeline(spec, job)
+    _discard_interrupted_extracts(pipeline)
     if pipeline.has_pending_data:
         # a crash after extraction left a complete sweep behind: finish it before a new one
         report.notes.append("finished a load left over from an interrupted run")

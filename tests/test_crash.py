@@ -60,6 +60,10 @@ def test_a_crash_at_each_step_is_recovered(sim: Simulator, env: Env, point: str)
     result = env.run("run")
     assert result.code == 0, result.stderr
     assert_warehouse_equals_upstream(env, sim)
+    # nothing of the killed run is left behind in dlt's working folders
+    state = env.database.parent / ".practice_sync" / env.database.stem
+    leftovers = [p for p in state.glob("*/normalize/*") if p.is_dir() and p.name != "extracted"]
+    assert leftovers == []
 
 
 def test_chaos_random_kills_then_exact_warehouse(sim: Simulator, env: Env) -> None:
