@@ -110,3 +110,20 @@ def test_token_expiring_mid_run_is_refreshed(sim: Simulator, env: Env) -> None:
         r[0] for r in env.query("select package_sold_id from analytics.packages_sold order by 1")
     ]
     assert sold == sold_ids(sim)
+
+
+def test_configured_client_ids_limit_the_sweep(sim: Simulator, env: Env) -> None:
+    chosen = sorted(sim.timetap.client_ids())[:5]
+    env.vars["SOURCES__TIMETAP__CLIENT_IDS"] = str(chosen)
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    asked = sorted(
+        int(p.rsplit("/", 1)[1]) for _, p, _ in sim.request_log if "/packageSold/client/" in p
+    )
+    assert asked == chosen
+    assert not any(p.endswith("/clientIdList") for _, p, _ in sim.request_log)
+    loaded = env.query("select package_sold_id from analytics.packages_sold order by 1")
+    expected = sorted(
+        s["packageSoldId"] for s in sim.timetap.packages_sold() if s["client"]["clientId"] in chosen
+    )
+    assert [r[0] for r in loaded] == expected
