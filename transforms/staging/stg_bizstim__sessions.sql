@@ -7,7 +7,7 @@
 -- Dates and times are wall-clock values in the account's zone (`timezone` of the API response).
 -- local_* keep that wall clock; *_utc are the real instants, NULL when the zone is unknown.
 
-create or replace temp view stg_bizstim__sessions as
+create or replace temp table stg_bizstim__sessions as
 
 with source as (
     select * from bizstim.sessions
@@ -120,15 +120,46 @@ localized as (
     from renamed
 ),
 
+-- ICU time-zone lookups are the slow part of this model, and sessions share few dates: the
+-- offsets in force around each (zone, date) are looked up once. Where they are equal from the day
+-- before to two days after, no transition is near and UTC is plain arithmetic; only sessions on
+-- transition days take the full ICU path (same results: tests/test_timezones.py).
+zone_days as (
+    select distinct known_zone as zone, session_date as day
+    from localized
+    where known_zone is not null and session_date is not null
+),
+
+zone_day_offsets as (
+    select
+        zone,
+        day,
+        utc_offset_us(zone, epoch_us(day::timestamp) - 86400000000) as offset_before,
+        utc_offset_us(zone, epoch_us(day::timestamp) + 2 * 86400000000) as offset_after
+    from zone_days
+),
+
 converted as (
     select
-        *,
+        localized.*,
         -- known_zone is NULL for an unknown zone, so AT TIME ZONE never sees a bad name.
-        local_start at time zone known_zone as start_utc,
-        local_end at time zone known_zone as end_utc,
-        wall_clock_readings(local_start, known_zone) as start_readings,
-        wall_clock_readings(local_end, known_zone) as end_readings
+        case when offsets.offset_before = offsets.offset_after
+            then to_timestamp((epoch_us(local_start) - offsets.offset_before) // 1000000)
+            else local_start at time zone known_zone
+        end as start_utc,
+        case when offsets.offset_before = offsets.offset_after
+            then to_timestamp((epoch_us(local_end) - offsets.offset_before) // 1000000)
+            else local_end at time zone known_zone
+        end as end_utc,
+        case when offsets.offset_before = offsets.offset_after and local_start is not null
+            then 1 else wall_clock_readings(local_start, known_zone)
+        end as start_readings,
+        case when offsets.offset_before = offsets.offset_after and local_end is not null
+            then 1 else wall_clock_readings(local_end, known_zone)
+        end as end_readings
     from localized
+    left join zone_day_offsets as offsets
+        on offsets.zone = localized.known_zone and offsets.day = localized.session_date
 ),
 
 final as (
@@ -139,20 +170,18 @@ final as (
         start_readings = 2 as is_start_in_dst_overlap,
         end_readings = 0 as is_end_in_dst_gap,
         end_readings = 2 as is_end_in_dst_overlap,
+        -- one window order for every history column, so DuckDB sorts each session's versions once
         valid_to is null
-            and row_number() over (
-                partition by version_group, valid_to is null
-                order by valid_from desc, load_id desc
-            ) = 1 as is_current,
-        row_number() over (
-            partition by version_group order by valid_from, load_id
-        )::integer as version_number,
-        row_number() over (
-            partition by version_group order by valid_from desc, load_id desc
-        ) = 1 as is_last_version,
+            and not coalesce(bool_or(valid_to is null) over (
+                versions rows between 1 following and unbounded following), false) as is_current,
+        row_number() over versions::integer as version_number,
+        lead(valid_from) over versions is null as is_last_version,
         -- Bizstim has no soft delete: a session gone from the API just has no current version.
-        not bool_or(valid_to is null) over (partition by version_group) as has_no_current_version
+        not bool_or(valid_to is null) over (
+            versions rows between unbounded preceding and unbounded following
+        ) as has_no_current_version
     from converted
+    window versions as (partition by version_group order by valid_from, load_id)
 )
 
 select * from final;

@@ -7,7 +7,7 @@
 -- Parts are read by position; a part that is not an integer is NULL. An entry without exactly three
 -- integer parts is kept (NULLs where unreadable) and flagged is_malformed, reported as a data issue.
 
-create or replace temp view stg_bizstim__sessions__cancel_clients as
+create or replace temp table stg_bizstim__sessions__cancel_clients as
 
 with sessions as (
     select record_id, session_id, is_current, cancel_clients

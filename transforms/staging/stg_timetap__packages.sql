@@ -8,7 +8,7 @@
 -- GET /package lists active packages only, and DELETE just sets active=false: a retired package
 -- either vanishes (dlt closes its last version) or shows up with active=false.
 
-create or replace temp view stg_timetap__packages as
+create or replace temp table stg_timetap__packages as
 
 with source as (
     select * from timetap.packages

@@ -5,7 +5,7 @@
 -- reasonId is kept with NULLs and a `problem`; a reason_list that is not a JSON array gives one row
 -- with position NULL and a `problem`.
 
-create or replace temp view stg_timetap__packages__reason_list as
+create or replace temp table stg_timetap__packages__reason_list as
 
 with packages as (
     select record_id, package_id, is_current, active, reason_list

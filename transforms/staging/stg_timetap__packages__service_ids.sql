@@ -4,7 +4,7 @@
 -- JSON string, "12", is accepted too). An entry that is not an integer gets service_id NULL and a
 -- `problem`; a service_ids that is not a JSON array gives one row with a `problem`.
 
-create or replace temp view stg_timetap__packages__service_ids as
+create or replace temp table stg_timetap__packages__service_ids as
 
 with packages as (
     select record_id, package_id, is_current, active, service_ids

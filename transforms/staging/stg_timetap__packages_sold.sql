@@ -4,7 +4,7 @@
 -- is_current). Each row carries `issues`; only those of current rows are reported
 -- (marts/data_issues__timetap_packages_sold.sql).
 
-create or replace temp view stg_timetap__packages_sold as
+create or replace temp table stg_timetap__packages_sold as
 
 with source as (
     select * from timetap.packages_sold
