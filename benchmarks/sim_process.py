@@ -1,0 +1,156 @@
+"""The project's simulator in a process of its own, driven over a multiprocessing Pipe.
+
+A simulator in the benchmark's own process would share a GIL with whatever measures it, and on a
+small machine the pipeline and the server would then slow each other down in ways that have
+nothing to do with the pipeline. A spawned process has its own interpreter; the parent only
+sends commands: set latency, warm the page cache, a night of changes, report CPU time, stop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+PAGE_SIZE = 1000  # the pipeline's (and the API's maximum) page size
+
+
+def page_starts(total: int, page_size: int = PAGE_SIZE) -> list[int]:
+    """The pipeline's sweep: pages overlapping by one row (0, 999, 1998, ...)."""
+    step = page_size - 1
+    return [0, *range(step, max(total - 1, 1), step)]
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _get_page(sim: Any, start: int, limit: int) -> bytes:
+    headers = {"x-api-key": sim.bizstim_api_key}
+    return sim.bizstim.handle("GET", ["sessions", str(start), str(limit)], {}, headers).body
+
+
+def _total(sim: Any) -> int:
+    return int(orjson.loads(_get_page(sim, 0, 1))["total"])
+
+
+def _serve(conn: Connection, options: dict[str, Any]) -> None:
+    """Child process body: build the data, start the server, then answer commands until stop."""
+    from pipelines.simulator import Simulator
+
+    started = time.perf_counter()
+    sim = Simulator(**options).start()
+    conn.send(
+        {
+            "bizstim_url": sim.bizstim_url,
+            "timetap_url": sim.timetap_url,
+            "bizstim_api_key": sim.bizstim_api_key,
+            "timetap_api_key": sim.timetap_api_key,
+            "timetap_private_key": sim.timetap_private_key,
+            "generate_s": time.perf_counter() - started,
+        }
+    )
+    try:
+        while True:
+            command, *args = conn.recv()
+            if command == "stop":
+                conn.send(None)
+                return
+            if command == "latency":
+                sim.latency = float(args[0])
+                conn.send(sim.latency)
+            elif command == "warm":
+                # render and cache every page the sweep will ask for, through the public handler
+                t0 = time.perf_counter()
+                for start in page_starts(_total(sim)):
+                    _get_page(sim, start, PAGE_SIZE)
+                conn.send(time.perf_counter() - t0)
+            elif command == "night":
+                conn.send(sim.bizstim.night_of_changes(**args[0]))
+            elif command == "cpu":
+                conn.send(_cpu_seconds())
+            elif command == "total":
+                conn.send(_total(sim))
+            else:
+                conn.send(ValueError(f"unknown command {command!r}"))
+    finally:
+        sim.stop()
+
+
+@dataclass
+class SimInfo:
+    bizstim_url: str
+    timetap_url: str
+    bizstim_api_key: str
+    timetap_api_key: str
+    timetap_private_key: str
+    generate_s: float
+
+
+class SimulatorProcess:
+    """Handle on a simulator running in a spawned child; use as a context manager."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = {"edge_cases": False, **options}
+        self._ctx = mp.get_context("spawn")
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self.info: SimInfo | None = None
+
+    def __enter__(self) -> SimulatorProcess:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(
+            target=_serve, args=(child, self.options), name="bench-simulator", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self.info = SimInfo(**parent.recv())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            try:
+                self.call("stop")
+            except (EOFError, OSError):
+                pass
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    def call(self, *command: Any) -> Any:
+        assert self._conn is not None, "the simulator process is not running"
+        self._conn.send(command)
+        answer = self._conn.recv()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def set_latency(self, seconds: float) -> None:
+        self.call("latency", seconds)
+
+    def warm(self) -> float:
+        """Render every sweep page now (returns seconds), so no measurement pays for it."""
+        return float(self.call("warm"))
+
+    def night_of_changes(self, **kwargs: Any) -> dict:
+        return dict(self.call("night", kwargs))
+
+    def cpu_seconds(self) -> float:
+        return float(self.call("cpu"))
+
+    def total_sessions(self) -> int:
+        return int(self.call("total"))
