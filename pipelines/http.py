@@ -9,6 +9,7 @@ the query string.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -117,6 +118,13 @@ class HttpClient:
         self.policy = policy or RetryPolicy()
         self.stats = stats or HttpStats()
         self.session = requests.Session()
+        # the environment's proxy and CA settings are read once here rather than on every call
+        # (~0.2 ms each, which adds up over 20,000 TimeTap clients)
+        self.session.trust_env = False
+        self.session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.session.verify = bundle
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(concurrency, 4))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -133,10 +141,29 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         check: Callable[[Any], None] | None = None,
     ) -> JsonResponse:
-        """GET `path` and parse JSON, retrying whatever a healthy server would not repeat.
+        """GET `path` and parse JSON; `check` raises `BadBody` for an error document or the
+        wrong shape, which is retried like a 5xx."""
 
-        `check` raises `BadBody` when a 200 carries an error document or the wrong shape.
-        Auth failures are not retried here: the caller may refresh a token first.
+        def decode(body: bytes) -> JsonResponse:
+            parsed = parse_json(body)
+            if check is not None:
+                check(parsed.data)
+            return parsed
+
+        return self.get(path, decode, params=params, headers=headers)
+
+    def get(
+        self,
+        path: str,
+        decode: Callable[[bytes], R],
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> R:
+        """GET `path` and `decode` the body, retrying whatever a healthy server would not repeat.
+
+        `decode` raises `BadBody` for a 200 that is not what the endpoint promises. Auth failures
+        are not retried here: the caller may refresh a token first.
         """
         problem = "no attempt made"
         for attempt in range(self.policy.max_attempts):
@@ -155,6 +182,8 @@ class HttpClient:
                 problem = _describe_connection_error(exc)
             except requests.exceptions.Timeout:
                 problem = "no answer within the timeout"
+            except requests.exceptions.ChunkedEncodingError:
+                problem = "a body cut off mid-way"
             except requests.exceptions.RequestException as exc:
                 problem = f"a broken response ({type(exc).__name__})"
             else:
@@ -177,10 +206,7 @@ class HttpClient:
                     problem = f"HTTP {status}"
                 else:
                     try:
-                        parsed = _parse_json(body)
-                        if check is not None:
-                            check(parsed.data)
-                        return parsed
+                        return decode(body)
                     except BadBody as exc:
                         problem = str(exc)
             if attempt + 1 < self.policy.max_attempts:
@@ -228,7 +254,8 @@ class HttpClient:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _parse_json(body: bytes) -> JsonResponse:
+def parse_json(body: bytes) -> JsonResponse:
+    """JSON of a response body, tolerating invalid UTF-8 (reported, not fatal)."""
     try:
         return JsonResponse(orjson.loads(body))
     except orjson.JSONDecodeError:

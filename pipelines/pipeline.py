@@ -22,6 +22,7 @@ from typing import Any
 import dlt
 import duckdb
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines.errors import (
     ConfigError,
@@ -40,6 +41,7 @@ log = logging.getLogger("practice_sync")
 PIPELINE_PREFIX = "practice_sync"
 DEFAULT_DATABASE = "practice_sync.duckdb"
 MAX_SWEEPS = 3
+DEFAULT_MEMORY_LIMIT = "512MB"
 
 # dlt settings the job depends on, whatever folder it is started from (a user's own value wins):
 # the raw layer keeps each row's load id, finished load files are not kept forever, and the
@@ -245,13 +247,21 @@ def _worst(codes: Sequence[ExitCode]) -> ExitCode:
     return failures[0] if failures else ExitCode.DELETIONS_WITHHELD
 
 
+def duckdb_config() -> dict[str, str]:
+    """DuckDB's own default takes 80% of RAM for a big merge; a bounded limit spills to disk
+    instead, so a million-session night fits beside whatever else the server runs."""
+    limit = dlt.config.get("practice_sync.memory_limit") or DEFAULT_MEMORY_LIMIT
+    return {"memory_limit": str(limit)}
+
+
 def make_pipeline(spec: SourceSpec, job: Job) -> dlt.Pipeline:
     for key, value in DLT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    credentials = DuckDbCredentials(str(job.database), global_config=duckdb_config())
     return dlt.pipeline(
         pipeline_name=f"{PIPELINE_PREFIX}_{spec.name}",
         pipelines_dir=str(job.pipelines_dir),
-        destination=dlt.destinations.duckdb(str(job.database)),
+        destination=dlt.destinations.duckdb(credentials),
         dataset_name=spec.name,
         progress=load_collector(),
     )
@@ -366,7 +376,7 @@ def _transform_into(database: Path, report: RunReport) -> None:
     if not database.exists():
         return
     try:
-        with contextlib.closing(duckdb.connect(str(database))) as con:
+        with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
             report.analytics = run_transforms(con)
             if "data_issues" in report.analytics:
                 report.data_issues = report.analytics["data_issues"]

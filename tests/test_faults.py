@@ -174,3 +174,20 @@ def test_a_listing_that_never_settles_fails_without_writing(sim: Simulator, tmp_
     assert "changed while they were being read" in report.sources[0].error
     assert report.sources[0].sweeps == 3
     assert warehouse(job) == before
+
+
+def test_big_sweeps_decode_pages_in_worker_processes_with_the_same_retry_rules(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    from pipelines.bizstim.helpers import PROCESS_POOL_MIN_PAGES
+
+    page_size = 12  # 600 sessions: 55 pages, enough for the worker-process path
+    assert 600 // (page_size - 1) >= PROCESS_POOL_MIN_PAGES
+    sim.add_fault(Fault(path=r"/sessions/", kind="badjson", times=1, after=10))
+    sim.add_fault(Fault(path=r"/sessions/", kind="failure", times=1, after=20))
+    sim.add_fault(Fault(path=r"/sessions/", kind="truncate", times=1, after=30))
+    job = job_for(sim, tmp_path, page_size=page_size, parse_processes=2)
+    report, code = run(job)
+    assert code == ExitCode.OK, report.render()
+    assert report.sources[0].http.retries == 3
+    assert warehouse(job)[0] == upstream(sim)[0]

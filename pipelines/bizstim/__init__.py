@@ -33,6 +33,7 @@ def bizstim(
     base_url: str = DEFAULT_BASE_URL,
     concurrency: int = 8,
     page_size: int = MAX_PAGE_SIZE,
+    parse_processes: int = 2,
     max_deletion_share: float = 0.2,
     allow_deletions: bool = False,
     max_attempts: int = 6,
@@ -63,7 +64,9 @@ def bizstim(
         ),
         stats=report.http,
     )
-    sweep = Sweep(client, min(max(page_size, 2), MAX_PAGE_SIZE))
+    sweep = Sweep(
+        client, min(max(page_size, 2), MAX_PAGE_SIZE), parse_processes=max(parse_processes, 0)
+    )
     report.sweeps += 1
     first = sweep.first_page()  # before extraction starts, so the guard can set hints
 

@@ -8,15 +8,18 @@ than silently skipping or duplicating a session.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.errors import SweepInconsistent
 from pipelines.failpoints import failpoint
-from pipelines.http import BadBody, HttpClient, JsonResponse
+from pipelines.http import BadBody, HttpClient, JsonResponse, parse_json
 from pipelines.rows import rows_to_table
 
 from .settings import REQUIRED_FIELDS, SESSION_FIELDS, TIMEZONE_COLUMN
@@ -36,6 +39,18 @@ def check_page(data: Any) -> None:
         raise BadBody("a body without a numeric `total`") from None
 
 
+# below this many pages, starting worker processes costs more than it saves
+PROCESS_POOL_MIN_PAGES = 40
+
+
+def decode_page(start: int, body: bytes) -> Page:
+    """Bytes to a checked, converted page; runs in a worker process on big sweeps, because
+    JSON parsing and Arrow conversion hold the GIL and would starve the fetch threads and dlt."""
+    response = parse_json(body)
+    check_page(response.data)
+    return _to_page(start, response)
+
+
 @dataclass
 class Page:
     start: int
@@ -53,14 +68,19 @@ class Sweep:
     client: HttpClient
     page_size: int
     batch_rows: int = 20_000
+    parse_processes: int = 2  # 0: decode pages in the fetch threads
     first: Page | None = None
     problems: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    id_chunks: list[pa.Array] = field(default_factory=list)
     rows: int = 0
+    _pool: Executor | None = None
 
     def fetch(self, start: int) -> Page:
-        response = self.client.get_json(f"/sessions/{start}/{self.page_size}", check=check_page)
-        return _to_page(start, response)
+        path = f"/sessions/{start}/{self.page_size}"
+        pool = self._pool
+        if pool is None:
+            return self.client.get(path, lambda body: decode_page(start, body))
+        return self.client.get(path, lambda body: pool.submit(decode_page, start, body).result())
 
     def first_page(self) -> Page:
         if self.first is None:
@@ -88,20 +108,31 @@ class Sweep:
         previous = first
         yield from self._emit(first, on_rows)
         starts = range(step, max(expected_total - 1, 1), step)
-        for number, page in enumerate(self.client.map_ordered(self.fetch, starts), 1):
-            if number == 2:
-                failpoint("mid-extract")
-            self._check_boundary(previous, page)
-            yield from self._emit(page, on_rows, skip_first=True)
-            previous = page
-        # rows appended during the sweep: read on past the first `total` until a short page
-        while len(previous.ids) == self.page_size and previous.start + self.page_size < max(
-            previous.total, expected_total
-        ):
-            page = self.fetch(previous.start + step)
-            self._check_boundary(previous, page)
-            yield from self._emit(page, on_rows, skip_first=True)
-            previous = page
+        if self.parse_processes > 0 and len(starts) >= PROCESS_POOL_MIN_PAGES:
+            # spawn: forking a process that runs threads is unsafe
+            self._pool = ProcessPoolExecutor(
+                self.parse_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        try:
+            for number, page in enumerate(self.client.map_ordered(self.fetch, starts), 1):
+                if number == 2:
+                    failpoint("mid-extract")
+                self._check_boundary(previous, page)
+                yield from self._emit(page, on_rows, skip_first=True)
+                previous = page
+            # rows appended during the sweep: read on past the first `total` until a short page
+            while len(previous.ids) == self.page_size and previous.start + self.page_size < max(
+                previous.total, expected_total
+            ):
+                page = self.fetch(previous.start + step)
+                self._check_boundary(previous, page)
+                yield from self._emit(page, on_rows, skip_first=True)
+                previous = page
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
+        self._check_unique_ids()
 
     def _check_boundary(self, previous: Page, page: Page) -> None:
         if len(previous.ids) != self.page_size:
@@ -117,16 +148,18 @@ class Sweep:
         self, page: Page, on_rows: Callable[[int], None] | None, skip_first: bool = False
     ) -> Iterator[pa.Table]:
         table = page.table.slice(1) if skip_first and page.table.num_rows else page.table
-        ids = page.ids[1:] if skip_first else page.ids
-        before = len(self.seen)
-        self.seen.update(ids)
-        if len(self.seen) - before != len(ids):
-            self.problems.append(f"a session id appeared twice near offset {page.start}")
-        self.rows += len(ids)
+        # ids are kept as Arrow (a few MB per million rows), checked for repeats at the end
+        self.id_chunks.append(table["id"].combine_chunks())
+        self.rows += table.num_rows
         if on_rows is not None:
-            on_rows(len(ids))
+            on_rows(table.num_rows)
         if table.num_rows:
             yield table
+
+    def _check_unique_ids(self) -> None:
+        ids = pa.chunked_array(self.id_chunks, type=pa.string())
+        if pc.count_distinct(ids).as_py() != len(ids) - ids.null_count:
+            self.problems.append("a session id appeared twice in one sweep")
 
     def raise_if_inconsistent(self) -> None:
         if self.problems:
