@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,20 @@ def test_debug_shows_the_traceback(env: Env, tmp_path: Path) -> None:
     result = env.run("--debug", "run")
     assert result.code == 2
     assert "Traceback" in result.stderr
+
+
+def test_two_real_runs_at_once(sim: Simulator, env: Env) -> None:
+    sim.latency = 0.3  # keeps the first run busy for a few seconds
+    env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
+    first = env.start("run")
+    deadline = time.monotonic() + 60
+    while not any("/sessions/" in p for _, p, _ in sim.request_log):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    second = env.run("run")
+    assert second.code == 6
+    assert_one_sentence(second.stderr, "Another practice-sync run is using")
+    assert first.wait(timeout=120) == 0
+    # the first run was not disturbed: everything it read is there exactly once
+    rows = env.query("select count(*), count(distinct id) from bizstim.sessions")
+    assert rows == [(len(sim.bizstim.rows()), len(sim.bizstim.rows()))]
