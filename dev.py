@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One-command entry points for newcomers and CI: `python3 dev.py demo` and `python3 dev.py test`.
+"""One-command entry points for newcomers and CI: `python3 dev.py demo` and `python3 dev.py test`
+(also `lint`, `bench`, and `install`, which only sets up `.venv`).
 
 Each command creates `.venv` (once, and again when pyproject.toml changes), installs the
 project into it, and then runs. Only the Python standard library is used here, because this
@@ -42,11 +43,14 @@ def ensure_env() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "bench", "lint"}:
-        print("usage: python3 dev.py demo | test | lint | bench [args ...]", file=sys.stderr)
+    if not argv or argv[0] not in {"demo", "test", "bench", "lint", "install"}:
+        print("usage: python3 dev.py demo | test | lint | bench | install [args ...]", file=sys.stderr)
         return 2
     ensure_env()
     command, rest = argv[0], argv[1:]
+    if command == "install":
+        print(f"Ready: {BIN / 'practice-sync'}")
+        return 0
     if command == "demo":
         return subprocess.call([str(BIN / "practice-sync"), "demo", *rest])
     if command == "bench":
