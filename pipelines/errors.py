@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     AUTH_FAILED = 5  # the vendor rejected the key
     LOCKED = 6  # another run holds the warehouse
     TRANSFORM_FAILED = 7  # raw data loaded, analytics tables kept as they were
+    LOAD_FAILED = 8  # the warehouse refused the write (disk full, file held by another program)
 
 
 class PracticeSyncError(Exception):
@@ -57,3 +58,7 @@ class SweepInconsistent(PracticeSyncError):
 
 class TransformFailed(PracticeSyncError):
     exit_code = ExitCode.TRANSFORM_FAILED
+
+
+class LoadFailed(PracticeSyncError):
+    exit_code = ExitCode.LOAD_FAILED

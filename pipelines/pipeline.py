@@ -23,10 +23,12 @@ import dlt
 import duckdb
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.pipeline.exceptions import PipelineStepFailed
 
 from pipelines.errors import (
     ConfigError,
     ExitCode,
+    LoadFailed,
     PracticeSyncError,
     SweepInconsistent,
     TransformFailed,
@@ -132,6 +134,14 @@ def _check_writable(database: Path) -> None:
             f"The warehouse cannot be written ({problem}): fix destination.duckdb.credentials "
             "(DESTINATION__DUCKDB__CREDENTIALS)."
         )
+    if database.exists():
+        try:  # DuckDB allows one writing process: find out now, not halfway through a load
+            duckdb.connect(str(database)).close()
+        except duckdb.IOException:
+            raise LoadFailed(
+                f"The warehouse {database} is open in another program (a DuckDB shell or BI "
+                "tool holding it for writing); close it and run again. Nothing was changed."
+            ) from None
 
 
 @contextlib.contextmanager
@@ -316,6 +326,12 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
                 continue
             if expected is not None:
                 raise expected from None
+            if isinstance(exc, PipelineStepFailed) and exc.step in ("normalize", "load"):
+                raise LoadFailed(
+                    f"{spec.title} data could not be written to {job.database} "
+                    f"({_first_line(exc.exception)}); what was read is kept and the next run "
+                    "loads it first."
+                ) from exc
             raise
     report.tables = _changes(job.database, spec, started)
 

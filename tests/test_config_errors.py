@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +149,26 @@ def test_two_real_runs_at_once(sim: Simulator, env: Env) -> None:
     # the first run was not disturbed: everything it read is there exactly once
     rows = env.query("select count(*), count(distinct id) from bizstim.sessions")
     assert rows == [(len(sim.bizstim.rows()), len(sim.bizstim.rows()))]
+
+
+def test_warehouse_held_by_another_program(loaded: Env) -> None:
+    before = snapshot(loaded)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+            str(loaded.database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = loaded.run("run")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 8
+    assert_one_sentence(result.stderr, "is open in another program")
+    assert snapshot(loaded) == before
