@@ -134,14 +134,19 @@ def _check_writable(database: Path) -> None:
             f"The warehouse cannot be written ({problem}): fix destination.duckdb.credentials "
             "(DESTINATION__DUCKDB__CREDENTIALS)."
         )
-    if database.exists():
-        try:  # DuckDB allows one writing process: find out now, not halfway through a load
-            duckdb.connect(str(database)).close()
-        except duckdb.IOException:
-            raise LoadFailed(
-                f"The warehouse {database} is open in another program (a DuckDB shell or BI "
-                "tool holding it for writing); close it and run again. Nothing was changed."
-            ) from None
+
+
+def _check_not_held(database: Path) -> None:
+    """DuckDB allows one writing process: find out now, not halfway through a load."""
+    if not database.exists():
+        return
+    try:
+        duckdb.connect(str(database)).close()
+    except duckdb.IOException:
+        raise LoadFailed(
+            f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
+            "holding it for writing); close it and run again. Nothing was changed."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -158,6 +163,7 @@ def warehouse_lock(database: Path) -> Iterator[None]:
             "(the lock frees itself when that run ends)."
         ) from None
     try:
+        _check_not_held(database)  # after the lock: our own other run is reported as such
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
