@@ -174,7 +174,7 @@ final as (
         valid_to is null
             and not coalesce(bool_or(valid_to is null) over (
                 versions rows between 1 following and unbounded following), false) as is_current,
-        row_number() over versions::integer as version_number,
+        (row_number() over versions)::integer as version_number,
         lead(valid_from) over versions is null as is_last_version,
         -- Bizstim has no soft delete: a session gone from the API just has no current version.
         not bool_or(valid_to is null) over (

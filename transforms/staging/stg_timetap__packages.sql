@@ -62,21 +62,19 @@ renamed as (
 final as (
     select
         *,
+        -- one window order for every history column (as in stg_bizstim__sessions), so DuckDB
+        -- sorts each record's versions once
         valid_to is null
-            and row_number() over (
-                partition by version_group, valid_to is null
-                order by valid_from desc, load_id desc
-            ) = 1 as is_current,
-        row_number() over (
-            partition by version_group order by valid_from, load_id
-        )::integer as version_number,
-        row_number() over (
-            partition by version_group order by valid_from desc, load_id desc
-        ) = 1 as is_last_version,
+            and not coalesce(bool_or(valid_to is null) over (
+                versions rows between 1 following and unbounded following), false) as is_current,
+        (row_number() over versions)::integer as version_number,
+        lead(valid_from) over versions is null as is_last_version,
         -- Retired: nothing current and active is left of the package.
-        not coalesce(bool_or(valid_to is null and active) over (partition by version_group), false)
+        not coalesce(bool_or(valid_to is null and active) over (
+            versions rows between unbounded preceding and unbounded following), false)
             as has_no_active_version
     from renamed
+    window versions as (partition by version_group order by valid_from, load_id)
 )
 
 select * from final;
