@@ -14,8 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipelines.errors import ConfigError, ExitCode
-from pipelines.http import is_expected
+from pipelines.errors import ConfigError, ExitCode, is_expected
 from pipelines.pipeline import SOURCES, Job, database_from_config, run, transform
 from pipelines.report import RunReport
 

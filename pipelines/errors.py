@@ -62,3 +62,15 @@ class TransformFailed(PracticeSyncError):
 
 class LoadFailed(PracticeSyncError):
     exit_code = ExitCode.LOAD_FAILED
+
+
+def is_expected(exc: BaseException) -> PracticeSyncError | None:
+    """Find our own error inside whatever dlt wrapped it in."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PracticeSyncError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__ or getattr(current, "exception", None)
+    return None

@@ -24,7 +24,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from pipelines.errors import AuthRejected, ConfigError, PracticeSyncError, SourceUnavailable
+from pipelines.errors import AuthRejected, ConfigError, SourceUnavailable
 
 log = logging.getLogger("practice_sync.http")
 
@@ -293,15 +293,3 @@ def _endpoint(path: str) -> str:
     """`/sessions/2000/1000` -> `/sessions`: enough to say where, never ids or keys."""
     first = path.split("?", 1)[0].strip("/").split("/", 1)[0]
     return "/" + first
-
-
-def is_expected(exc: BaseException) -> PracticeSyncError | None:
-    """Find our own error inside whatever dlt wrapped it in."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, PracticeSyncError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__ or getattr(current, "exception", None)
-    return None

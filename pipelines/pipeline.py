@@ -33,9 +33,9 @@ from pipelines.errors import (
     SweepInconsistent,
     TransformFailed,
     WarehouseLocked,
+    is_expected,
 )
 from pipelines.failpoints import failpoint, load_collector
-from pipelines.http import is_expected
 from pipelines.report import RunReport, SourceReport, TableChange
 
 log = logging.getLogger("practice_sync")
