@@ -10,11 +10,13 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
 
-from pipelines.errors import ConfigError, ExitCode, is_expected
+from pipelines import interrupt
+from pipelines.errors import ConfigError, ExitCode, find_cause, is_expected
 from pipelines.pipeline import SOURCES, Job, database_from_config, run, transform
 from pipelines.report import RunReport
 
@@ -77,21 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     # urllib3 logs full URLs at debug level, and TimeTap's token URL carries the api key
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
-        if args.command == "run":
-            job = Job(
-                database=database_from_config(args.database),
-                sources=args.source,
-                allow_deletions=args.allow_deletions,
-                show_progress=not args.quiet,
-            )
-            report, code = run(job)
-            return _finish(report, code)
-        if args.command == "transform":
-            report, code = transform(database_from_config(args.database))
-            return _finish(report, code)
-        if args.command == "sql":
-            return _sql(database_from_config(args.database), args.query)
-        return _demo(args)
+        # the work runs in a job thread so that Ctrl-C and SIGTERM are acted on at once
+        try:
+            return interrupt.run_in_foreground(lambda: _dispatch(args))
+        except Exception as exc:  # an interruption that dlt wrapped in its own error
+            stop_inside = find_cause(exc, interrupt.Interrupted)
+            if stop_inside is None:
+                raise
+            raise stop_inside from None
+    except interrupt.Interrupted as stop:
+        print(
+            f"practice-sync: interrupted ({signal.Signals(stop.signum).name}): the warehouse keeps "
+            "its last complete state; the next run picks up.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not stop.finished:  # the job thread is stuck in a call: end without waiting for it
+            sys.stdout.flush()
+            os._exit(stop.exit_code)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(
             "practice-sync: interrupted; the warehouse keeps its last complete state.",
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         expected = is_expected(exc)
         if args.debug:
-            traceback.print_exc()
+            traceback.print_exception(exc)
         if expected is not None:
             print(f"practice-sync: {expected}", file=sys.stderr)
             return int(expected.exit_code)
@@ -111,6 +117,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.INTERNAL)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        job = Job(
+            database=database_from_config(args.database),
+            sources=args.source,
+            allow_deletions=args.allow_deletions,
+            show_progress=not args.quiet,
+        )
+        report, code = run(job)
+        return _finish(report, code)
+    if args.command == "transform":
+        report, code = transform(database_from_config(args.database))
+        return _finish(report, code)
+    if args.command == "sql":
+        return _sql(database_from_config(args.database), args.query)
+    return _demo(args)
 
 
 def _finish(report: RunReport, code: ExitCode) -> int:

@@ -7,6 +7,7 @@ names the source and the setting to fix, and never carries a URL with keys in it
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
 
 
 class ExitCode(IntEnum):
@@ -64,13 +65,21 @@ class LoadFailed(PracticeSyncError):
     exit_code = ExitCode.LOAD_FAILED
 
 
-def is_expected(exc: BaseException) -> PracticeSyncError | None:
-    """Find our own error inside whatever dlt wrapped it in."""
+E = TypeVar("E", bound=BaseException)
+
+
+def find_cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` in `exc`'s chain of causes, including dlt's `.exception` wrapping."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, PracticeSyncError):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__ or getattr(current, "exception", None)
     return None
+
+
+def is_expected(exc: BaseException) -> PracticeSyncError | None:
+    """Find our own error inside whatever dlt wrapped it in."""
+    return find_cause(exc, PracticeSyncError)

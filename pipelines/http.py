@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +23,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from pipelines import interrupt
 from pipelines.errors import AuthRejected, ConfigError, SourceUnavailable
 
 log = logging.getLogger("practice_sync.http")
@@ -167,6 +167,7 @@ class HttpClient:
         """
         problem = "no attempt made"
         for attempt in range(self.policy.max_attempts):
+            interrupt.check()
             if attempt:
                 self.stats.add(retries=1)
             retry_after: float | None = None
@@ -220,7 +221,7 @@ class HttpClient:
                     self.policy.max_attempts - 1,
                     pause,
                 )
-                time.sleep(pause)
+                interrupt.sleep(pause)
         if problem.startswith("cannot connect") or problem.startswith("host not found"):
             raise SourceUnavailable(
                 f"{self.names.title} could not be reached at {self.host} ({problem}): "
@@ -243,6 +244,7 @@ class HttpClient:
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.names.section)
         try:
             for item in source:
+                interrupt.check()
                 pending.append(pool.submit(fn, item))
                 if len(pending) >= window:
                     yield pending.popleft().result()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines import interrupt
 from pipelines.failpoints import failpoint
 
 # `transforms` is a package whose *.sql files ship as package data, so this works installed too.
@@ -86,6 +87,7 @@ def run_transforms(
             try:
                 # DuckDB's own parser splits the file, so ';' inside strings or comments is safe.
                 for statement in con.extract_statements(sql):
+                    interrupt.check()
                     con.execute(statement.query)
                     match = _BUILDS.match(_LEADING_COMMENTS.sub("", statement.query, count=1))
                     if match and match.group(1) not in built:

@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated dlt home per test, the simulator, and a CLI runner.
 
 Every test gets its own temp dir for dlt's global state and the warehouse, so nothing touches
-`~/.dlt` and tests can run in any order.
+`~/.dlt` and tests can run in any order. No test may wait forever: every child process a test
+starts goes through `spawn()` and is killed, and waited for with a timeout, when the test ends.
 """
 
 from __future__ import annotations
@@ -32,6 +33,31 @@ FAST_RETRIES = {
     "SOURCES__TIMETAP__MAX_ATTEMPTS": "4",
     "SOURCES__TIMETAP__REQUEST_TIMEOUT": "2",
 }
+
+
+_CHILDREN: list[subprocess.Popen] = []
+
+
+def spawn(command: list[str], **kwargs: object) -> subprocess.Popen:
+    """`subprocess.Popen` whose process is killed when the test ends, whatever happened."""
+    process = subprocess.Popen(command, **kwargs)  # type: ignore[call-overload]
+    _CHILDREN.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def reap_children() -> Iterator[None]:
+    """Kill what a test started and left running (a failed assertion mid-way, say)."""
+    yield
+    while _CHILDREN:
+        process = _CHILDREN.pop()
+        if process.poll() is None:
+            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(autouse=True)
@@ -79,14 +105,16 @@ class Env:
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(self, *args: str, capture: bool = False) -> subprocess.Popen:
         """The same run, not waited for: a test may kill it wherever it happens to be."""
-        return subprocess.Popen(
+        output = subprocess.PIPE if capture else subprocess.DEVNULL
+        return spawn(
             [sys.executable, "-m", "pipelines.cli", *args],
             cwd=ROOT,
             env={**os.environ, **self.vars},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            text=True,
         )
 
     def query(self, sql: str, params: list[object] | None = None) -> list[tuple]:

@@ -7,11 +7,11 @@ import fcntl
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
-from conftest import Env, make_env
+from conftest import Env, make_env, spawn
 
 from pipelines.simulator import Simulator
 
@@ -135,14 +135,17 @@ def test_debug_shows_the_traceback(env: Env, tmp_path: Path) -> None:
 
 
 def test_two_real_runs_at_once(sim: Simulator, env: Env) -> None:
-    sim.latency = 0.3  # keeps the first run busy for a few seconds
+    # the first run is held inside its sweep until the second one has tried, whatever the load
+    inside, release = threading.Event(), threading.Event()
+    sim.on_request(r"/sessions/", lambda: (inside.set(), release.wait(60)), after=1)
     env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
+    env.vars["SOURCES__BIZSTIM__REQUEST_TIMEOUT"] = "120"
     first = env.start("run")
-    deadline = time.monotonic() + 60
-    while not any("/sessions/" in p for _, p, _ in sim.request_log):
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
-    second = env.run("run")
+    try:
+        assert inside.wait(60) and first.poll() is None
+        second = env.run("run")
+    finally:
+        release.set()
     assert second.code == 6
     assert_one_sentence(second.stderr, "Another practice-sync run is using")
     assert first.wait(timeout=120) == 0
@@ -153,7 +156,7 @@ def test_two_real_runs_at_once(sim: Simulator, env: Env) -> None:
 
 def test_warehouse_held_by_another_program(loaded: Env) -> None:
     before = snapshot(loaded)
-    holder = subprocess.Popen(
+    holder = spawn(
         [
             sys.executable,
             "-c",
@@ -168,7 +171,7 @@ def test_warehouse_held_by_another_program(loaded: Env) -> None:
         result = loaded.run("run")
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=10)
     assert result.code == 8
     assert_one_sentence(result.stderr, "is open in another program")
     assert snapshot(loaded) == before

@@ -13,7 +13,8 @@ from pipelines.errors import ExitCode
 from pipelines.pipeline import Job, run
 from pipelines.simulator import Fault, Simulator
 
-FAST = {"backoff_base": 0.01, "backoff_cap": 0.3, "max_attempts": 4, "request_timeout": 0.5}
+# the read timeout stays far above a loaded machine's answer times, and the "slow" fault above it
+FAST = {"backoff_base": 0.01, "backoff_cap": 0.3, "max_attempts": 4, "request_timeout": 2.0}
 
 
 def job_for(sim: Simulator, tmp_path: Path, **bizstim: object) -> Job:
@@ -65,7 +66,7 @@ TRANSIENT = [
     Fault(path=r"/sessions/", kind="503", times=2),
     Fault(path=r"/sessions/", kind="reset", times=2),
     Fault(path=r"/sessions/", kind="truncate", times=2),
-    Fault(path=r"/sessions/", kind="slow", times=2, delay=1.0),
+    Fault(path=r"/sessions/", kind="slow", times=2, delay=4.0),
     Fault(path=r"/sessions/", kind="badjson", times=2),
     Fault(path=r"/sessions/", kind="failure", times=2),
 ]
@@ -93,7 +94,7 @@ def test_transient_bizstim_faults_are_retried(
         Fault(path=r"/package$", kind="503", times=2),
         Fault(path=r"/clientIdList", kind="badjson", times=2),
         Fault(path=r"/sessionToken", kind="500", times=2),
-        Fault(path=r"/packageSold/client/", kind="slow", times=2, delay=1.0, after=3),
+        Fault(path=r"/packageSold/client/", kind="slow", times=2, delay=4.0, after=3),
     ],
     ids=lambda f: f"{f.kind}-{f.path.strip('/$')}",
 )

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+from conftest import spawn
 
 from pipelines.simulator import Fault, Simulator
 
@@ -458,19 +459,20 @@ def test_fault_times_after_status_and_clear(fresh):
 
 
 def test_latency_is_applied_and_overlaps(fresh):
+    # margins far above scheduling noise, so a loaded 2-core machine cannot fail this
     sim = fresh
-    sim.latency = 0.2
+    sim.latency = 1.0
     started = time.perf_counter()
     assert biz(sim, "/sessions/0/10").status_code == 200
-    assert 0.2 <= time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started >= 1.0
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         assert all(r.ok for r in pool.map(lambda n: biz(sim, f"/sessions/{n}/10"), range(8)))
-    assert time.perf_counter() - started < 0.8  # eight requests, overlapping rather than 1.6 s
+    assert time.perf_counter() - started < 4.0  # eight requests, overlapping rather than 8 s
     sim.latency = 0.0
     started = time.perf_counter()
     biz(sim, "/sessions/0/10")
-    assert time.perf_counter() - started < 0.15
+    assert time.perf_counter() - started < 0.5  # no second of latency left
 
 
 def test_keep_alive_log_and_stop(fresh):
@@ -501,18 +503,16 @@ def test_same_seed_same_data_other_seed_other_data():
 
 def test_command_line_serves_until_interrupted():
     command = [sys.executable, "-m", "pipelines.simulator", "--port", "0", "--sessions", "50"]
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            banner = [process.stdout.readline() for _ in range(4)]
-            url = re.search(r"(http://\S+/bizstim/api)", "".join(banner)).group(1)
-            assert BIZSTIM_KEY in "".join(banner) and TIMETAP_PRIVATE in "".join(banner)
-            response = requests.get(
-                url + "/sessions", headers={"x-api-key": BIZSTIM_KEY}, timeout=10
-            )
-            assert response.json()["total"] == 50
-        finally:
-            process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+    process = spawn(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        banner = [process.stdout.readline() for _ in range(4)]
+        url = re.search(r"(http://\S+/bizstim/api)", "".join(banner)).group(1)
+        assert BIZSTIM_KEY in "".join(banner) and TIMETAP_PRIVATE in "".join(banner)
+        response = requests.get(url + "/sessions", headers={"x-api-key": BIZSTIM_KEY}, timeout=10)
+        assert response.json()["total"] == 50
+    finally:
+        process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0
 
 
 @pytest.mark.slow

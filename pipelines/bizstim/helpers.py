@@ -9,6 +9,7 @@ than silently skipping or duplicating a session.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -110,8 +111,12 @@ class Sweep:
         starts = range(step, max(expected_total - 1, 1), step)
         if self.parse_processes > 0 and len(starts) >= PROCESS_POOL_MIN_PAGES:
             # spawn: forking a process that runs threads is unsafe
+            # workers ignore Ctrl-C (the terminal sends it to them too): the parent decides
             self._pool = ProcessPoolExecutor(
-                self.parse_processes, mp_context=multiprocessing.get_context("spawn")
+                self.parse_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=signal.signal,
+                initargs=(signal.SIGINT, signal.SIG_IGN),
             )
         try:
             for number, page in enumerate(self.client.map_ordered(self.fetch, starts), 1):

@@ -1,9 +1,15 @@
-"""`python -m pipelines.simulator`: serve both simulated APIs in the foreground, e.g. for curl."""
+"""`python -m pipelines.simulator`: serve both simulated APIs in the foreground, e.g. for curl.
+
+Stops on SIGINT or SIGTERM (exit 0: being told to stop is how a server's run ends), even when
+started with SIGINT ignored, as every background job of a non-interactive shell is.
+"""
 
 from __future__ import annotations
 
 import argparse
-import threading
+import signal
+
+from pipelines import interrupt
 
 from .server import Simulator
 
@@ -24,31 +30,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-edge-cases", action="store_true", help="serve only clean rows")
     args = parser.parse_args(argv)
 
-    sim = Simulator(
-        seed=args.seed,
-        sessions=args.sessions,
-        clients=args.clients,
-        packages=args.packages,
-        timezone=args.timezone,
-        latency=args.latency,
-        edge_cases=not args.no_edge_cases,
-        host=args.host,
-        port=args.port,
-    ).start()
-    print(f"Simulator at {sim.url}", flush=True)
-    print(f"  Bizstim  {sim.bizstim_url}  x-api-key: {sim.bizstim_api_key}", flush=True)
-    print(
-        f"  TimeTap  {sim.timetap_url}  apiKey: {sim.timetap_api_key}"
-        f"  privateKey: {sim.timetap_private_key}",
-        flush=True,
-    )
-    print("Ctrl-C stops it.", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
+    # handlers first: a signal during start-up is acted on, not lost or ignored
+    with interrupt.stop_handlers():
+        sim = Simulator(
+            seed=args.seed,
+            sessions=args.sessions,
+            clients=args.clients,
+            packages=args.packages,
+            timezone=args.timezone,
+            latency=args.latency,
+            edge_cases=not args.no_edge_cases,
+            host=args.host,
+            port=args.port,
+        ).start()
+        try:
+            print(f"Simulator at {sim.url}", flush=True)
+            print(f"  Bizstim  {sim.bizstim_url}  x-api-key: {sim.bizstim_api_key}", flush=True)
+            print(
+                f"  TimeTap  {sim.timetap_url}  apiKey: {sim.timetap_api_key}"
+                f"  privateKey: {sim.timetap_private_key}",
+                flush=True,
+            )
+            print("Ctrl-C stops it.", flush=True)
+            received = interrupt.wait_for_stop()
+        finally:
+            sim.stop()
+    print(f"Stopped ({signal.Signals(received).name}).", flush=True)
     return 0
 
 

@@ -97,7 +97,7 @@ class Simulator:
         server.shutdown()
         server.close_connections()
         server.server_close()
-        thread.join()
+        thread.join(timeout=10)
 
     def __enter__(self) -> Simulator:
         return self.start()

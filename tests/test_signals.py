@@ -1,0 +1,126 @@
+"""Ctrl-C and SIGTERM stop every long-running command within seconds, whichever thread the
+kernel hands the signal to, and even when the command was started with SIGINT ignored (as every
+background job of a non-interactive shell is): the cause of the suite hang this file guards."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import ROOT, Env, spawn
+from test_crash import assert_warehouse_equals_upstream
+
+from pipelines import interrupt
+from pipelines.simulator import Simulator
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def send(process: subprocess.Popen, sig: int, where: str) -> None:
+    """`process`: to the process, as `kill` does; `thread`: to one of its other threads only."""
+    if where == "process":
+        process.send_signal(sig)
+        return
+    others = sorted(int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid)
+    assert others, "the process has no thread besides its main one"
+    assert _libc.tgkill(process.pid, others[-1], sig) == 0, ctypes.get_errno()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.slow
+def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> None:
+    command = [sys.executable, "-m", "pipelines.simulator", "--port", "0", "--sessions", "50"]
+    for round_ in range(50):
+        sig = (signal.SIGINT, signal.SIGTERM)[round_ % 2]
+        where = ("process", "thread")[round_ // 2 % 2]
+        ignored = bool(round_ // 4 % 2)  # as a background job of a script starts it
+        process = spawn(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_ignore_sigint if ignored else None,
+        )
+        banner = [process.stdout.readline() for _ in range(4)]
+        assert banner[-1].strip() == "Ctrl-C stops it."
+        send(process, sig, where)
+        assert process.wait(timeout=5) == 0, (round_, sig, where, ignored)
+        assert process.stdout.read().strip() == f"Stopped ({signal.Signals(sig).name}).", round_
+        process.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("sig", "where"), [(signal.SIGINT, "thread"), (signal.SIGTERM, "process")]
+)
+def test_a_run_stops_within_seconds_and_the_next_run_recovers(
+    sim: Simulator, env: Env, sig: int, where: str
+) -> None:
+    # the run is held inside its sweep, in a network read: it cannot notice a stop by itself
+    inside, release = threading.Event(), threading.Event()
+    sim.on_request(r"/sessions/", lambda: (inside.set(), release.wait(60)), after=1)
+    env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
+    env.vars["SOURCES__BIZSTIM__REQUEST_TIMEOUT"] = "120"
+    process = env.start("run", capture=True)
+    try:
+        assert inside.wait(60)
+        send(process, sig, where)
+        stdout, stderr = process.communicate(timeout=15)
+    finally:
+        release.set()
+    assert process.returncode == 128 + sig, stderr
+    name = signal.Signals(sig).name
+    assert stderr.strip().splitlines() == [
+        f"practice-sync: interrupted ({name}): the warehouse keeps its last complete state; "
+        "the next run picks up."
+    ]
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    assert_warehouse_equals_upstream(env, sim)
+
+
+def test_a_job_that_checks_stops_cleanly_with_the_signal_exit_code() -> None:
+    def work() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # our handlers are installed while work runs
+        for _ in range(100):
+            interrupt.sleep(0.1)
+
+    with pytest.raises(interrupt.Interrupted) as stopped:
+        interrupt.run_in_foreground(work)
+    assert (stopped.value.signum, stopped.value.exit_code, stopped.value.finished) == (
+        signal.SIGTERM,
+        143,
+        True,
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_job_stuck_in_a_call_is_given_up_after_the_grace_period() -> None:
+    stuck = threading.Event()
+
+    def work() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        stuck.wait(30)  # never looks at the stop request
+
+    started = time.monotonic()
+    with pytest.raises(interrupt.Interrupted) as stopped:
+        interrupt.run_in_foreground(work, grace=0.2)
+    stuck.set()
+    assert (stopped.value.exit_code, stopped.value.finished) == (130, False)
+    assert time.monotonic() - started < 25  # not the 30 s the work would have taken
+
+
+def test_results_and_errors_of_the_job_reach_the_caller() -> None:
+    assert interrupt.run_in_foreground(lambda: 42) == 42
+    with pytest.raises(ValueError, match="boom"):
+        interrupt.run_in_foreground(lambda: (_ for _ in ()).throw(ValueError("boom")))
+    interrupt.check()  # no stop pending once a job ends normally
