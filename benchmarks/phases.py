@@ -1,7 +1,7 @@
 """Where a pipeline run spends its time: extract / normalize / load / transforms, in-process.
 
 `bench.py` times the CLI as a whole, which says *whether* the pipeline is slow; this says *where*.
-It runs `pipelines.pipeline.run` in this process against the simulator (in its own process, warm),
+It runs `practice_sync.pipeline.run` in this process against the simulator (in its own process, warm),
 with timers wrapped around dlt's steps and the project's own helpers, for a first sync and a
 no-change re-run. `--profile` adds a cProfile of the first sync (top functions by own time).
 
@@ -77,10 +77,10 @@ def instrument() -> None:
     """Timers on dlt's three steps, the transforms, the summary queries and per-page work."""
     import dlt
 
-    import pipelines.bizstim.helpers as helpers
-    import pipelines.http as http
-    import pipelines.pipeline as pipeline
-    import pipelines.rows as rows
+    import practice_sync.bizstim.helpers as helpers
+    import practice_sync.http as http
+    import practice_sync.pipeline as pipeline
+    import practice_sync.rows as rows
 
     for step in ("extract", "normalize", "load"):
         setattr(dlt.Pipeline, step, timed(f"dlt {step}", getattr(dlt.Pipeline, step)))
@@ -93,8 +93,8 @@ def instrument() -> None:
     helpers._to_page = timed("  page -> Arrow, all (thread-s)", helpers._to_page)
     helpers.Sweep.pages = split_generator(helpers.Sweep.pages)
 
-    import pipelines.timetap as tt
-    import pipelines.timetap.helpers as tt_helpers
+    import practice_sync.timetap as tt
+    import practice_sync.timetap.helpers as tt_helpers
 
     tt_helpers.TimeTapApi.get = timed("  TimeTapApi.get (thread-s)", tt_helpers.TimeTapApi.get)
     tt._sold_table = timed("  timetap _sold_table", tt._sold_table)
@@ -161,7 +161,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             SOURCES__TIMETAP__CONCURRENCY=str(args.concurrency),
         )
         instrument()
-        from pipelines.pipeline import Job, run
+        from practice_sync.pipeline import Job, run
 
         job = Job(
             database=work / "bench.duckdb",

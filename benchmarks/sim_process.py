@@ -42,7 +42,7 @@ def _total(sim: Any) -> int:
 
 def _serve(conn: Connection, options: dict[str, Any]) -> None:
     """Child process body: build the data, start the server, then answer commands until stop."""
-    from pipelines.simulator import Simulator
+    from practice_sync.simulator import Simulator
 
     started = time.perf_counter()
     sim = Simulator(**options).start()

@@ -15,10 +15,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipelines import interrupt
-from pipelines.errors import ConfigError, ExitCode, find_cause, is_expected
-from pipelines.pipeline import SOURCES, Job, database_from_config, run, transform
-from pipelines.report import RunReport
+from practice_sync import interrupt
+from practice_sync.errors import ConfigError, ExitCode, find_cause, is_expected
+from practice_sync.pipeline import SOURCES, Job, database_from_config, run, transform
+from practice_sync.report import RunReport
 
 DEMO_QUERY = (
     "select status, count(*) as sessions, min(start_utc) as first_utc, max(start_utc) as last_utc "
@@ -162,7 +162,7 @@ def _sql(database: Path, query: str) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Start the simulator on a loopback port and run the real job against it, from scratch."""
-    from pipelines.simulator import Simulator
+    from practice_sync.simulator import Simulator
 
     target = Path(args.dir).resolve()
     target.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from pipelines import interrupt
-from pipelines.errors import AuthRejected, ConfigError, SourceUnavailable
+from practice_sync import interrupt
+from practice_sync.errors import AuthRejected, ConfigError, SourceUnavailable
 
 log = logging.getLogger("practice_sync.http")
 

@@ -25,7 +25,7 @@ from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 
-from pipelines.errors import (
+from practice_sync.errors import (
     ConfigError,
     ExitCode,
     LoadFailed,
@@ -35,8 +35,8 @@ from pipelines.errors import (
     WarehouseLocked,
     is_expected,
 )
-from pipelines.failpoints import failpoint, load_collector
-from pipelines.report import RunReport, SourceReport, TableChange
+from practice_sync.failpoints import failpoint, load_collector
+from practice_sync.report import RunReport, SourceReport, TableChange
 
 log = logging.getLogger("practice_sync")
 
@@ -66,13 +66,13 @@ class SourceSpec:
 
 
 def _bizstim(**kwargs: Any) -> Any:
-    from pipelines.bizstim import bizstim
+    from practice_sync.bizstim import bizstim
 
     return bizstim(**kwargs)
 
 
 def _timetap(**kwargs: Any) -> Any:
-    from pipelines.timetap import timetap
+    from practice_sync.timetap import timetap
 
     return timetap(**kwargs)
 
@@ -393,7 +393,7 @@ def _changes(database: Path, spec: SourceSpec, since: datetime) -> dict[str, Tab
 
 
 def _transform_into(database: Path, report: RunReport) -> None:
-    from pipelines.transform import run_transforms
+    from practice_sync.transform import run_transforms
 
     if not database.exists():
         return

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from pipelines.http import HttpStats
+from practice_sync.http import HttpStats
 
 
 @dataclass

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines import interrupt
-from pipelines.failpoints import failpoint
+from practice_sync import interrupt
+from practice_sync.failpoints import failpoint
 
-# `transforms` is a package whose *.sql files ship as package data, so this works installed too.
-TRANSFORMS_DIR: Path = Path(str(files("transforms")))
+# `practice_sync.transforms` (the transforms/ folder) is a package whose *.sql files ship as package data, so this works installed too.
+TRANSFORMS_DIR: Path = Path(str(files("practice_sync.transforms")))
 
 _STAGES = (".", "staging", "marts")
 _REQUIRES = re.compile(r"^--\s*requires:\s*(.+)$", re.IGNORECASE)

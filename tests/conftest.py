@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.simulator import Simulator
+from practice_sync.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ class Env:
         """Run the real console script in a child process, as cron would."""
         env = {**os.environ, **self.vars}
         proc = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", *args],
+            [sys.executable, "-m", "practice_sync.cli", *args],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -109,7 +109,7 @@ class Env:
         """The same run, not waited for: a test may kill it wherever it happens to be."""
         output = subprocess.PIPE if capture else subprocess.DEVNULL
         return spawn(
-            [sys.executable, "-m", "pipelines.cli", *args],
+            [sys.executable, "-m", "practice_sync.cli", *args],
             cwd=ROOT,
             env={**os.environ, **self.vars},
             stdout=output,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from conftest import Env
 
-from pipelines.simulator import Fault, Simulator
+from practice_sync.simulator import Fault, Simulator
 
 
 def issues_for(env: Env, record_id: str) -> set[tuple[str, str]]:

@@ -15,7 +15,7 @@ def test_demo_loads_both_sources_and_shows_a_query(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "practice_sync.cli",
             "demo",
             "--dir",
             str(tmp_path),

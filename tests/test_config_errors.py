@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import Env, make_env, spawn
 
-from pipelines.simulator import Simulator
+from practice_sync.simulator import Simulator
 
 
 def assert_one_sentence(stderr: str, *fragments: str) -> None:

@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import Env
 
-from pipelines.bizstim.settings import SESSION_FIELDS
-from pipelines.failpoints import ENV, POINTS
-from pipelines.simulator import Simulator
+from practice_sync.bizstim.settings import SESSION_FIELDS
+from practice_sync.failpoints import ENV, POINTS
+from practice_sync.simulator import Simulator
 
 
 def assert_warehouse_equals_upstream(env: Env, sim: Simulator) -> None:

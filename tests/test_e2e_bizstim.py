@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import Env, make_env
 
-from pipelines.bizstim.settings import SESSION_FIELDS
-from pipelines.simulator import Simulator
+from practice_sync.bizstim.settings import SESSION_FIELDS
+from practice_sync.simulator import Simulator
 
 
 def current_raw(env: Env) -> dict[str, dict[str, str | None]]:

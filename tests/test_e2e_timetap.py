@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import Env, make_env
 
-from pipelines.simulator import Simulator
+from practice_sync.simulator import Simulator
 
 
 def active_package_ids(sim: Simulator) -> list[int]:
@@ -99,7 +99,7 @@ def test_a_night_of_changes_shows_up_exactly(sim: Simulator, env: Env) -> None:
 
 
 def test_token_expiring_mid_run_is_refreshed(sim: Simulator, env: Env) -> None:
-    from pipelines.simulator import Fault
+    from practice_sync.simulator import Fault
 
     sim.add_fault(Fault(path=r"/packageSold/client/", kind="401", times=1, after=10))
     result = env.run("run", "--source", "timetap")

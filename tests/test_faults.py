@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import Env
 
-from pipelines.bizstim.settings import SESSION_FIELDS
-from pipelines.errors import ExitCode
-from pipelines.pipeline import Job, run
-from pipelines.simulator import Fault, Simulator
+from practice_sync.bizstim.settings import SESSION_FIELDS
+from practice_sync.errors import ExitCode
+from practice_sync.pipeline import Job, run
+from practice_sync.simulator import Fault, Simulator
 
 # the read timeout stays far above a loaded machine's answer times, and the "slow" fault above it
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.3, "max_attempts": 4, "request_timeout": 2.0}
@@ -180,7 +180,7 @@ def test_a_listing_that_never_settles_fails_without_writing(sim: Simulator, tmp_
 def test_big_sweeps_decode_pages_in_worker_processes_with_the_same_retry_rules(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    from pipelines.bizstim.helpers import PROCESS_POOL_MIN_PAGES
+    from practice_sync.bizstim.helpers import PROCESS_POOL_MIN_PAGES
 
     page_size = 12  # 600 sessions: 55 pages, enough for the worker-process path
     assert 600 // (page_size - 1) >= PROCESS_POOL_MIN_PAGES

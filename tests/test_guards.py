@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import Env
 
-from pipelines.simulator import Fault, Simulator
+from practice_sync.simulator import Fault, Simulator
 
 
 def current_ids(env: Env) -> set[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import make_env
 
-from pipelines.simulator import Fault, Simulator
+from practice_sync.simulator import Fault, Simulator
 
 BIZSTIM_KEY = "bizstim-SECRET-7f3a9c1e5b2d8f4a6c0e9b1d"
 TIMETAP_KEY = "timetap-SECRET-api-4e8b2c6a"

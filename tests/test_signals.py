@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, Env, spawn
 from test_crash import assert_warehouse_equals_upstream
 
-from pipelines import interrupt
-from pipelines.simulator import Simulator
+from practice_sync import interrupt
+from practice_sync.simulator import Simulator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -38,7 +38,7 @@ def _ignore_sigint() -> None:
 
 @pytest.mark.slow
 def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> None:
-    command = [sys.executable, "-m", "pipelines.simulator", "--port", "0", "--sessions", "50"]
+    command = [sys.executable, "-m", "practice_sync.simulator", "--port", "0", "--sessions", "50"]
     for round_ in range(50):
         sig = (signal.SIGINT, signal.SIGTERM)[round_ % 2]
         where = ("process", "thread")[round_ // 2 % 2]

@@ -19,7 +19,7 @@ import pytest
 import requests
 from conftest import spawn
 
-from pipelines.simulator import Fault, Simulator
+from practice_sync.simulator import Fault, Simulator
 
 BIZSTIM_KEY = "sim-bizstim-key-0000000000000000000000000"
 TIMETAP_KEY = "sim-timetap-api-key"
@@ -502,7 +502,7 @@ def test_same_seed_same_data_other_seed_other_data():
 
 
 def test_command_line_serves_until_interrupted():
-    command = [sys.executable, "-m", "pipelines.simulator", "--port", "0", "--sessions", "50"]
+    command = [sys.executable, "-m", "practice_sync.simulator", "--port", "0", "--sessions", "50"]
     process = spawn(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         banner = [process.stdout.readline() for _ in range(4)]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pendulum.tz.exceptions import AmbiguousTime, NonExistingTime
 from transform_fixtures import fetch_dicts, sessions
 
-from pipelines.transform import run_transforms
+from practice_sync.transform import run_transforms
 
 ZONES = [
     "America/Los_Angeles",

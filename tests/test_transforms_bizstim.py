@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from transform_fixtures import LOAD_1, LOAD_2, SESSION, fetch_dicts, sessions
 
-from pipelines.transform import TRANSFORMS_DIR, required_tables, run_transforms, sql_files
+from practice_sync.transform import TRANSFORMS_DIR, required_tables, run_transforms, sql_files
 
 
 @pytest.fixture

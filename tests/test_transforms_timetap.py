@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from transform_fixtures import LOAD_1, LOAD_2, fetch_dicts, packages, packages_sold, sessions
 
-from pipelines.transform import run_transforms
+from practice_sync.transform import run_transforms
 
 CREATED_AT = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 MODIFIED_AT = datetime(2024, 2, 1, 8, 0, tzinfo=UTC)

@@ -17,9 +17,9 @@ import dlt
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from pipelines.http import HttpClient, RetryPolicy, SourceNames
-from pipelines.report import Progress, SourceReport
-from pipelines.rows import text_columns
+from practice_sync.http import HttpClient, RetryPolicy, SourceNames
+from practice_sync.report import Progress, SourceReport
+from practice_sync.rows import text_columns
 
 from .helpers import Sweep
 from .settings import DEFAULT_BASE_URL, MAX_PAGE_SIZE, SESSION_FIELDS, TIMEZONE_COLUMN

@@ -18,10 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.errors import SweepInconsistent
-from pipelines.failpoints import failpoint
-from pipelines.http import BadBody, HttpClient, JsonResponse, parse_json
-from pipelines.rows import rows_to_table
+from practice_sync.errors import SweepInconsistent
+from practice_sync.failpoints import failpoint
+from practice_sync.http import BadBody, HttpClient, JsonResponse, parse_json
+from practice_sync.rows import rows_to_table
 
 from .settings import REQUIRED_FIELDS, SESSION_FIELDS, TIMEZONE_COLUMN
 

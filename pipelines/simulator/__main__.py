@@ -1,4 +1,4 @@
-"""`python -m pipelines.simulator`: serve both simulated APIs in the foreground, e.g. for curl.
+"""`python -m practice_sync.simulator`: serve both simulated APIs in the foreground, e.g. for curl.
 
 Stops on SIGINT or SIGTERM (exit 0: being told to stop is how a server's run ends), even when
 started with SIGINT ignored, as every background job of a non-interactive shell is.
@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import signal
 
-from pipelines import interrupt
+from practice_sync import interrupt
 
 from .server import Simulator
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.simulator",
+        prog="python -m practice_sync.simulator",
         description="Serve simulated Bizstim and TimeTap APIs until interrupted (Ctrl-C).",
     )
     parser.add_argument("--host", default="127.0.0.1")

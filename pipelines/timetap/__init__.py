@@ -24,10 +24,10 @@ import pyarrow as pa
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.sources import DltResource
 
-from pipelines.errors import SourceUnavailable
-from pipelines.http import HttpClient, RetryPolicy, SourceNames
-from pipelines.report import Progress, SourceReport
-from pipelines.rows import rows_to_table, text_columns
+from practice_sync.errors import SourceUnavailable
+from practice_sync.http import HttpClient, RetryPolicy, SourceNames
+from practice_sync.report import Progress, SourceReport
+from practice_sync.rows import rows_to_table, text_columns
 
 from .helpers import TimeTapApi, check_object
 from .settings import (

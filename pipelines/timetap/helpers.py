@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.errors import AuthRejected
-from pipelines.http import BadBody, HttpClient
+from practice_sync.errors import AuthRejected
+from practice_sync.http import BadBody, HttpClient
 
 
 def signature(api_key: str, private_key: str) -> str:
