@@ -88,6 +88,8 @@ def test_a_run_stops_within_seconds_and_the_next_run_recovers(
 
 
 def test_a_job_that_checks_stops_cleanly_with_the_signal_exit_code() -> None:
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
     def work() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # our handlers are installed while work runs
         for _ in range(100):
@@ -100,8 +102,8 @@ def test_a_job_that_checks_stops_cleanly_with_the_signal_exit_code() -> None:
         143,
         True,
     )
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    # handlers restored, whatever they were (ignored, when the suite runs as a background job)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_a_job_stuck_in_a_call_is_given_up_after_the_grace_period() -> None:
