@@ -23,15 +23,11 @@ import duckdb
 import orjson
 from sim_process import PAGE_SIZE, page_starts
 
-# Every value of a Bizstim row is a JSON string: read as text, as the pipeline's raw layer has it.
-SESSION_COLUMNS = (
-    "id", "confirmed", "multi", "slots", "class_id", "display", "pract_id", "pract_d", "wage_id",
-    "client_id", "client_due_id", "cancel_clients", "temp", "service_id", "location_id",
-    "recurr_id", "recurr_on", "qb_invoice_id", "session_status", "custom_map_id",
-    "session_reminder", "session_sms", "session_description", "session_date",
-    "session_start_time", "session_end_time", "session_note", "session_private_note",
-    "session_other_note", "assessment_moderation", "assessment_present",
-)  # fmt: skip
+from practice_sync.bizstim.settings import SESSION_FIELDS
+
+# Every value of a Bizstim row is a JSON string: read as text, as the pipeline's raw layer has it
+# (the field list is the product's own, so the floor reads exactly what the pipeline reads).
+SESSION_COLUMNS = SESSION_FIELDS
 # TimeTap sends numbers and nested objects; nested ones stay JSON, as the raw layer keeps them.
 PACKAGE_SOLD_COLUMNS = {
     "packageSoldId": "BIGINT", "businessId": "BIGINT", "client": "JSON", "pkg": "JSON",

@@ -1,9 +1,12 @@
 """Where a pipeline run spends its time: extract / normalize / load / transforms, in-process.
 
 `bench.py` times the CLI as a whole, which says *whether* the pipeline is slow; this says *where*.
-It runs `practice_sync.pipeline.run` in this process against the simulator (in its own process, warm),
-with timers wrapped around dlt's steps and the project's own helpers, for a first sync and a
-no-change re-run. `--profile` adds a cProfile of the first sync (top functions by own time).
+It runs `practice_sync.pipeline.run` in this process against the simulator (in its own process,
+warm), for a first sync and a no-change re-run, and prints the time of each step as the run
+itself records it (`SourceReport.phases`), with the peak RSS seen during each step (through the
+supported hook `practice_sync.report.phase_observers`: nothing private is patched).
+`--profile` adds a cProfile of the first sync (top functions by own time) for detail below the
+steps.
 
     .venv/bin/python benchmarks/phases.py --sessions 100000 [--latency 0.15] [--profile]
     .venv/bin/python benchmarks/phases.py --clients 20000   # TimeTap instead of Bizstim
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import io
 import os
 import pstats
@@ -23,23 +25,16 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from sim_process import SimulatorProcess
 
-TIMES: dict[str, float] = defaultdict(float)
-CALLS: dict[str, int] = defaultdict(int)
-_lock = threading.Lock()
-WAITING = "  extract: waiting on the sweep"
-CONSUMING = "  extract: dlt consuming pages"
-PEAK_RSS: dict[str, int] = defaultdict(int)  # top-level phase -> peak RSS bytes seen during it
-_phase = ["(between phases)"]
+PEAK_RSS: dict[str, int] = defaultdict(int)  # step -> peak RSS bytes seen during it
+_phase = ["(between steps)"]
 
 
 def sample_rss(stop: threading.Event, every: float = 0.02) -> None:
-    """Poll this process's RSS and charge it to the phase running: which step holds the peak."""
+    """Poll this process's RSS and charge it to the step running: which step holds the peak."""
     page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as statm:
         while not stop.wait(every):
@@ -50,79 +45,9 @@ def sample_rss(stop: threading.Event, every: float = 0.02) -> None:
                 PEAK_RSS[name] = rss
 
 
-def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap `fn` so its wall time is summed under `name` (over all threads that call it)."""
-
-    top_level = not name.startswith(" ")
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        outer = _phase[0]
-        if top_level:
-            _phase[0] = name
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if top_level:
-                _phase[0] = outer
-            with _lock:
-                TIMES[name] += time.perf_counter() - started
-                CALLS[name] += 1
-
-    return wrapper
-
-
-def instrument() -> None:
-    """Timers on dlt's three steps, the transforms, the summary queries and per-page work."""
-    import dlt
-
-    import practice_sync.bizstim.helpers as helpers
-    import practice_sync.http as http
-    import practice_sync.pipeline as pipeline
-    import practice_sync.rows as rows
-
-    for step in ("extract", "normalize", "load"):
-        setattr(dlt.Pipeline, step, timed(f"dlt {step}", getattr(dlt.Pipeline, step)))
-    for name in ("_transform_into", "_current_counts", "_changes", "make_pipeline"):
-        setattr(pipeline, name, timed(f"pipeline.{name}", getattr(pipeline, name)))
-    # on big sweeps pages are decoded in a worker process, where these timers do not reach
-    http.HttpClient.get = timed("  http get + decode (thread-s)", http.HttpClient.get)
-    http.parse_json = timed("  orjson parse (thread-s)", http.parse_json)
-    helpers.rows_to_table = timed("  rows_to_table (thread-s)", rows.rows_to_table)
-    helpers._to_page = timed("  page -> Arrow, all (thread-s)", helpers._to_page)
-    helpers.Sweep.pages = split_generator(helpers.Sweep.pages)
-
-    import practice_sync.timetap as tt
-    import practice_sync.timetap.helpers as tt_helpers
-
-    tt_helpers.TimeTapApi.get = timed("  TimeTapApi.get (thread-s)", tt_helpers.TimeTapApi.get)
-    tt._sold_table = timed("  timetap _sold_table", tt._sold_table)
-    tt._snake_row = timed("  timetap _snake_row", tt._snake_row)
-
-
-def split_generator(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    """Time a generator's own next() (the sweep: waiting on fetches) apart from its consumer's
-    time between items (dlt: buffering, writing extract files), both in dlt's extract thread."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        inner = fn(*args, **kwargs)
-        while True:
-            started = time.perf_counter()
-            try:
-                item = next(inner)
-            except StopIteration:
-                TIMES[WAITING] += time.perf_counter() - started
-                return
-            TIMES[WAITING] += time.perf_counter() - started
-            CALLS[WAITING] += 1
-            handed = time.perf_counter()
-            yield item
-            TIMES[CONSUMING] += time.perf_counter() - handed
-            CALLS[CONSUMING] += 1
-
-    return wrapper
+def on_phase(event: str, name: str) -> None:
+    """The product's supported profiling hook (`practice_sync.report.phase_observers`)."""
+    _phase[0] = name if event == "start" else "(between steps)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,8 +85,10 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             SOURCES__BIZSTIM__CONCURRENCY=str(args.concurrency),
             SOURCES__TIMETAP__CONCURRENCY=str(args.concurrency),
         )
-        instrument()
         from practice_sync.pipeline import Job, run
+        from practice_sync.report import phase_observers
+
+        phase_observers.append(on_phase)
 
         job = Job(
             database=work / "bench.duckdb",
@@ -179,8 +106,6 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         stop = threading.Event()
         threading.Thread(target=sample_rss, args=(stop,), daemon=True).start()
         for label in ("first full sync", "no-change re-run"):
-            TIMES.clear()
-            CALLS.clear()
             PEAK_RSS.clear()
             profiler = cProfile.Profile() if args.profile and label == "first full sync" else None
             started = time.perf_counter()
@@ -192,9 +117,10 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             wall = time.perf_counter() - started
             print(f"\n== {source} {label}: {size}, latency {args.latency:g} s ==")
             print(f"run() wall {wall:.2f} s, exit {int(code)}")
-            for name, seconds in TIMES.items():
+            steps = {**report.sources[0].phases, **report.phases}
+            for name, seconds in steps.items():
                 peak = f"  peak RSS {PEAK_RSS[name] / 2**20:6.0f} MiB" if name in PEAK_RSS else ""
-                print(f"  {name:<40} {seconds:8.2f} s  ({CALLS[name]:,} calls){peak}")
+                print(f"  {name:<12} {seconds:8.2f} s{peak}")
             print(f"  peak RSS over the whole run: {max(PEAK_RSS.values()) / 2**20:.0f} MiB")
             if profiler:
                 out = io.StringIO()

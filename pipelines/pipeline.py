@@ -3,17 +3,16 @@
 Each source is its own dlt pipeline (`practice_sync_bizstim`, `practice_sync_timetap`) so it
 lands in its own dataset and keeps its own state; a failing source never blocks the other, and
 the transforms run after every load so dashboards always see the newest raw data that loaded.
+Where things live: the warehouse's lock and checks in `warehouse`, dlt internals in
+`dlt_glue`, the deletion guard in `guard`, each vendor's sweep in its source package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import logging
-import os
-import shutil
+import functools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,39 +20,24 @@ from typing import Any
 
 import dlt
 import duckdb
-from dlt.common.configuration.exceptions import ConfigFieldMissingException
-from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
-from dlt.pipeline.exceptions import PipelineStepFailed
 
+from practice_sync import context, dlt_glue, warehouse
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
     LoadFailed,
     PracticeSyncError,
-    SweepInconsistent,
     TransformFailed,
-    WarehouseLocked,
     is_expected,
 )
-from practice_sync.failpoints import failpoint, load_collector
-from practice_sync.report import RunReport, SourceReport, TableChange
-
-log = logging.getLogger("practice_sync")
+from practice_sync.failpoints import armed, failpoint
+from practice_sync.report import RunReport, SourceReport, phase
 
 PIPELINE_PREFIX = "practice_sync"
-DEFAULT_DATABASE = "practice_sync.duckdb"
-MAX_SWEEPS = 3
-DEFAULT_MEMORY_LIMIT = "512MB"
 
-# dlt settings the job depends on, whatever folder it is started from (a user's own value wins):
-# the raw layer keeps each row's load id, finished load files are not kept forever, and the
-# staging copy of a night's sweep does not linger in the warehouse
-DLT_DEFAULTS = {
-    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
-    "LOAD__DELETE_COMPLETED_JOBS": "true",
-    "LOAD__TRUNCATE_STAGING_DATASET": "true",
-    "RUNTIME__DLTHUB_TELEMETRY": "false",
-}
+
+def _extract_once(extract: Callable[[], None]) -> None:
+    extract()
 
 
 @dataclass(frozen=True)
@@ -63,6 +47,8 @@ class SourceSpec:
     secrets: tuple[str, ...]
     tables: Mapping[str, str]  # raw table -> its id column, for the change summary
     factory: Callable[..., Any]
+    # how to run one extract: Bizstim reads its listing again when it moved under the sweep
+    extract_policy: Callable[[Callable[[], None]], None] = _extract_once
 
 
 def _bizstim(**kwargs: Any) -> Any:
@@ -77,8 +63,16 @@ def _timetap(**kwargs: Any) -> Any:
     return timetap(**kwargs)
 
 
+def _until_settled(extract: Callable[[], None]) -> None:
+    from practice_sync.bizstim.helpers import until_settled
+
+    until_settled(extract)
+
+
 SOURCES: dict[str, SourceSpec] = {
-    "bizstim": SourceSpec("bizstim", "Bizstim", ("api_key",), {"sessions": "id"}, _bizstim),
+    "bizstim": SourceSpec(
+        "bizstim", "Bizstim", ("api_key",), {"sessions": "id"}, _bizstim, _until_settled
+    ),
     "timetap": SourceSpec(
         "timetap",
         "TimeTap",
@@ -105,69 +99,9 @@ class Job:
         return self.database.parent / ".practice_sync" / self.database.stem
 
 
-def database_from_config(explicit: str | None = None) -> Path:
-    """The DuckDB file from `--database`, DESTINATION__DUCKDB__CREDENTIALS or `.dlt/config.toml`."""
-    value = explicit or dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
-    if not isinstance(value, str):
-        raise ConfigError(
-            "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS) must be a file path."
-        )
-    if value.startswith("duckdb:///"):
-        value = value[len("duckdb:///") :]
-    if value == ":memory:":
-        raise ConfigError(
-            "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS) must be a file, "
-            "not :memory:, or the warehouse is gone when the run ends."
-        )
-    return Path(value).expanduser().resolve()
-
-
-def _check_writable(database: Path) -> None:
-    where = database.parent
-    problem = None
-    if not where.is_dir():
-        problem = f"folder {where} does not exist"
-    elif not os.access(where, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
-        problem = f"{database} is not writable"
-    if problem:
-        raise ConfigError(
-            f"The warehouse cannot be written ({problem}): fix destination.duckdb.credentials "
-            "(DESTINATION__DUCKDB__CREDENTIALS)."
-        )
-
-
-def _check_not_held(database: Path) -> None:
-    """DuckDB allows one writing process: find out now, not halfway through a load."""
-    if not database.exists():
-        return
-    try:
-        duckdb.connect(str(database)).close()
-    except duckdb.IOException:
-        raise LoadFailed(
-            f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
-            "holding it for writing); close it and run again. Nothing was changed."
-        ) from None
-
-
-@contextlib.contextmanager
-def warehouse_lock(database: Path) -> Iterator[None]:
-    """One run per warehouse: a second one is refused instead of racing the first's state."""
-    lock_path = database.with_name(database.name + ".lock")
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise WarehouseLocked(
-            f"Another practice-sync run is using {database}; this run changed nothing "
-            "(the lock frees itself when that run ends)."
-        ) from None
-    try:
-        _check_not_held(database)  # after the lock: our own other run is reported as such
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+# kept importable from here: the CLI and tests know them by these names
+database_from_config = warehouse.database_from_config
+duckdb_config = warehouse.duckdb_config
 
 
 def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
@@ -204,8 +138,8 @@ def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
 def run(job: Job) -> tuple[RunReport, ExitCode]:
     """Load every configured source, then rebuild the analytics schema."""
     report = RunReport()
-    _check_writable(job.database)
-    with warehouse_lock(job.database):
+    warehouse.check_writable(job.database)
+    with warehouse.lock(job.database):
         codes: list[ExitCode] = []
         for spec, skipped in configured_sources(job):
             source_report = SourceReport(spec.name)
@@ -218,12 +152,6 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
             except PracticeSyncError as exc:
                 source_report.error = str(exc)
                 codes.append(exc.exit_code)
-            except Exception as exc:  # dlt wraps our errors; unwrap or report a bug
-                expected = is_expected(exc)
-                if expected is None:
-                    raise
-                source_report.error = str(expected)
-                codes.append(expected.exit_code)
             if source_report.withheld:
                 codes.append(ExitCode.DELETIONS_WITHHELD)
         try:
@@ -238,21 +166,21 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
 def transform(database: Path) -> tuple[RunReport, ExitCode]:
     """Rebuild analytics from the raw data already loaded, without calling any API."""
     report = RunReport()
-    _check_writable(database)
+    warehouse.check_writable(database)
     if not database.exists():
         raise ConfigError(
             f"There is no warehouse at {database} yet: run `practice-sync run` first, or fix "
-            "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS)."
+            f"{warehouse.SETTING}."
         )
-    with warehouse_lock(database):
+    code = ExitCode.OK
+    with warehouse.lock(database):
         try:
             _transform_into(database, report)
         except TransformFailed as exc:
             report.transform_error = str(exc)
-            report.finished = time.monotonic()
-            return report, exc.exit_code
+            code = exc.exit_code
     report.finished = time.monotonic()
-    return report, ExitCode.OK
+    return report, code
 
 
 def _worst(codes: Sequence[ExitCode]) -> ExitCode:
@@ -263,133 +191,68 @@ def _worst(codes: Sequence[ExitCode]) -> ExitCode:
     return failures[0] if failures else ExitCode.DELETIONS_WITHHELD
 
 
-def duckdb_config() -> dict[str, str]:
-    """DuckDB's own default takes 80% of RAM for a big merge; a bounded limit spills to disk
-    instead, so a million-session night fits beside whatever else the server runs."""
-    limit = dlt.config.get("practice_sync.memory_limit") or DEFAULT_MEMORY_LIMIT
-    return {"memory_limit": str(limit)}
-
-
-def make_pipeline(spec: SourceSpec, job: Job) -> dlt.Pipeline:
-    for key, value in DLT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    credentials = DuckDbCredentials(str(job.database), global_config=duckdb_config())
-    return dlt.pipeline(
-        pipeline_name=f"{PIPELINE_PREFIX}_{spec.name}",
-        pipelines_dir=str(job.pipelines_dir),
-        destination=dlt.destinations.duckdb(credentials),
-        dataset_name=spec.name,
-        progress=load_collector(),
-    )
-
-
-def _discard_interrupted_extracts(pipeline: dlt.Pipeline) -> None:
-    """A killed extract leaves a half-written sweep in a uniquely named folder that dlt never
-    reads again; remove it so crashes do not pile up on disk (we hold the warehouse lock)."""
-    folder = Path(pipeline.working_dir) / "normalize"
-    if folder.is_dir():
-        for child in folder.iterdir():
-            if child.is_dir() and child.name != "extracted":
-                shutil.rmtree(child, ignore_errors=True)
-
-
 def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
-    pipeline = make_pipeline(spec, job)
-    _discard_interrupted_extracts(pipeline)
-    if pipeline.has_pending_data:
-        # a crash after extraction left a complete sweep behind: finish it before a new one
-        report.notes.append("finished a load left over from an interrupted run")
-        pipeline.normalize()
-        pipeline.load()
-    current = _current_counts(job.database, spec)
-    started = datetime.now(UTC)
-    kwargs = dict(job.overrides.get(spec.name, {}))
-    kwargs.update(
-        allow_deletions=job.allow_deletions,
-        current_rows=current,
-        report=report,
-        show_progress=job.show_progress,
+    """Extract, normalize and load one source step by step: a crash between the steps is
+    recovered on the next run, which first finishes a complete extract left behind."""
+    pipeline = dlt_glue.make_pipeline(
+        f"{PIPELINE_PREFIX}_{spec.name}",
+        spec.name,
+        job.database,
+        job.pipelines_dir,
+        warehouse.duckdb_config(),
+        on_load_job=(lambda: failpoint("mid-load")) if armed("mid-load") else None,
     )
-    for attempt in range(1, MAX_SWEEPS + 1):
-        try:
-            source = spec.factory(**kwargs)
-            # the steps one by one: a crash between them is recovered above on the next run
-            pipeline.extract(source, loader_file_format="parquet")
-            failpoint("after-extract")
+    dlt_glue.discard_interrupted_extracts(pipeline)
+    started = datetime.now(UTC)
+    run_context = context.RunContext(
+        report,
+        allow_deletions=job.allow_deletions,
+        show_progress=job.show_progress,
+        read_current=functools.partial(warehouse.current_rows, job.database),
+    )
+    try:
+        if pipeline.has_pending_data:
+            report.notes.append("finished a load left over from an interrupted run")
             pipeline.normalize()
-            failpoint("after-normalize")
             pipeline.load()
-            break
-        except ConfigFieldMissingException as exc:
-            raise ConfigError(
-                f"{spec.title} is missing a setting: set sources.{spec.name}.{exc.fields[0]} "
-                f"(SOURCES__{spec.name.upper()}__{exc.fields[0].upper()})."
-            ) from None
-        except Exception as exc:
-            expected = is_expected(exc)
-            if isinstance(expected, SweepInconsistent) and attempt < MAX_SWEEPS:
-                log.warning("%s; reading it again (%d of %d)", expected, attempt + 1, MAX_SWEEPS)
-                continue
-            if expected is not None:
-                raise expected from None
-            if isinstance(exc, PipelineStepFailed) and exc.step in ("normalize", "load"):
-                raise LoadFailed(
-                    f"{spec.title} data could not be written to {job.database} "
-                    f"({_first_line(exc.exception)}); what was read is kept and the next run "
-                    "loads it first."
-                ) from exc
+        kwargs = job.overrides.get(spec.name, {})
+        with context.running(spec.name, run_context), phase(report.phases, "extract"):
+            spec.extract_policy(
+                lambda: pipeline.extract(spec.factory(**kwargs), loader_file_format="parquet")
+            )
+        failpoint("after-extract")
+        with phase(report.phases, "normalize"):
+            pipeline.normalize()
+        failpoint("after-normalize")
+        with phase(report.phases, "load"):
+            pipeline.load()
+    except Exception as exc:
+        explained = _explain(exc, spec, job)
+        if explained is None:
             raise
-    report.tables = _changes(job.database, spec, started)
+        # our own sentences stand alone: a chained dlt error could quote a URL with a key in it
+        raise explained from (exc if isinstance(explained, LoadFailed) else None)
+    report.tables = warehouse.table_changes(job.database, spec.name, spec.tables, started)
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    row = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [schema, table],
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _current_counts(database: Path, spec: SourceSpec) -> dict[str, int]:
-    """Current rows per raw table before the run, for the mass-deletion guard."""
-    counts: dict[str, int] = {}
-    if not database.exists():
-        return counts
-    with contextlib.closing(duckdb.connect(str(database), read_only=True)) as con:
-        for table in spec.tables:
-            if _table_exists(con, spec.name, table):
-                row = con.execute(
-                    f'select count(*) from "{spec.name}"."{table}" where _dlt_valid_to is null'
-                ).fetchone()
-                counts[table] = int(row[0]) if row else 0
-    return counts
-
-
-def _changes(database: Path, spec: SourceSpec, since: datetime) -> dict[str, TableChange]:
-    """New, changed and retired records of this run, read back from the scd2 validity columns."""
-    out: dict[str, TableChange] = {}
-    with contextlib.closing(duckdb.connect(str(database), read_only=True)) as con:
-        for table, key in spec.tables.items():
-            if not _table_exists(con, spec.name, table):
-                continue
-            row = con.execute(
-                f"""
-                with t as (select "{key}" as k, _dlt_valid_from as f, _dlt_valid_to as v
-                           from "{spec.name}"."{table}"),
-                     added as (select distinct k from t where f >= $since),
-                     older as (select distinct k from t where f < $since)
-                select
-                    (select count(*) from added where k not in (select k from older)),
-                    (select count(*) from added where k in (select k from older)),
-                    (select count(distinct k) from t where v >= $since
-                        and k not in (select k from added)),
-                    (select count(*) from t where v is null)
-                """,
-                {"since": since},
-            ).fetchone()
-            assert row is not None
-            out[table] = TableChange(*map(int, row))
-    return out
+def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | None:
+    """The one-sentence error a person can act on, or None when `exc` is a bug."""
+    setting = dlt_glue.missing_setting(exc)
+    if setting is not None:
+        return ConfigError(
+            f"{spec.title} is missing a setting: set sources.{spec.name}.{setting} "
+            f"(SOURCES__{spec.name.upper()}__{setting.upper()})."
+        )
+    expected = is_expected(exc)
+    if expected is not None:
+        return expected
+    write_error = dlt_glue.failed_write(exc)
+    if write_error is not None:
+        return LoadFailed(
+            f"{spec.title} data could not be written to {job.database} "
+            f"({first_line(write_error)}); what was read is kept and the next run loads it first."
+        )
+    return None
 
 
 def _transform_into(database: Path, report: RunReport) -> None:
@@ -398,17 +261,20 @@ def _transform_into(database: Path, report: RunReport) -> None:
     if not database.exists():
         return
     try:
-        with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+        config = warehouse.duckdb_config()
+        connection = contextlib.closing(duckdb.connect(str(database), config=config))
+        with connection as con, phase(report.phases, "transforms"):
             report.analytics = run_transforms(con)
             if "data_issues" in report.analytics:
                 report.data_issues = report.analytics["data_issues"]
     except duckdb.Error as exc:
         raise TransformFailed(
-            f"The analytics tables could not be rebuilt and were kept as they were ({_first_line(exc)})."
+            f"The analytics tables could not be rebuilt and were kept as they were ({first_line(exc)})."
         ) from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (and its last note), short enough for a summary."""
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     notes = getattr(exc, "__notes__", None)
     return f"{text}, {notes[-1]}" if notes else text

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from practice_sync.http import HttpStats
+
+# The supported hook for profilers (benchmarks/phases.py): called with ("start" | "end", step)
+# around every timed step of a run, in the thread that runs it.
+PhaseObserver = Callable[[str, str], None]
+phase_observers: list[PhaseObserver] = []
+
+
+@contextlib.contextmanager
+def phase(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of one step (extract, normalize, load, transforms) to `seconds`."""
+    for observer in phase_observers:
+        observer("start", name)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+        for observer in phase_observers:
+            observer("end", name)
 
 
 @dataclass
@@ -30,6 +51,7 @@ class SourceReport:
     withheld: list[str] = field(default_factory=list)  # sentences: deletions not applied
     notes: list[str] = field(default_factory=list)
     tables: dict[str, TableChange] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # step -> seconds
     error: str | None = None
     skipped: str | None = None
 
@@ -43,6 +65,7 @@ class RunReport:
     analytics: dict[str, int] = field(default_factory=dict)
     data_issues: int | None = None
     transform_error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # "transforms" -> seconds
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 

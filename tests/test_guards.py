@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import Env
 
 from practice_sync.simulator import Fault, Simulator
@@ -80,3 +81,68 @@ def test_mass_package_retirement_is_withheld(sim: Simulator, env: Env) -> None:
     assert env.query("select count(*) from analytics.packages") == [
         (len(active) - len(active) // 2,)
     ]
+
+
+# One table for the one guard: every resource, a few vanished (retired at once), many vanished
+# (withheld, exit 3, the run says so), then confirmed with --allow-deletions.
+def _vanish_sessions(sim: Simulator, n: int) -> None:
+    for row in sim.bizstim.rows()[:n]:
+        sim.bizstim.delete(row["id"])
+
+
+def _retire_packages(sim: Simulator, n: int) -> None:
+    for package in sim.timetap.active_packages()[:n]:
+        sim.timetap.retire_package(package["packageId"])
+
+
+def _refund_sales(sim: Simulator, n: int) -> None:
+    for sold in sim.timetap.packages_sold()[:n]:
+        sim.timetap.refund(sold["packageSoldId"])
+
+
+GUARDED = {
+    "sessions": (
+        "bizstim",
+        _vanish_sessions,
+        lambda sim: len(sim.bizstim.rows()),
+        "select count(*) from analytics.sessions",
+        "none were retired",
+    ),
+    "packages": (
+        "timetap",
+        _retire_packages,
+        lambda sim: len(sim.timetap.active_packages()),
+        "select count(*) from analytics.packages",
+        "none were marked inactive",
+    ),
+    "packages_sold": (
+        "timetap",
+        _refund_sales,
+        lambda sim: len(sim.timetap.packages_sold()),
+        "select count(*) from analytics.packages_sold",
+        "none were retired",
+    ),
+}
+
+
+@pytest.mark.parametrize("resource", sorted(GUARDED))
+def test_the_one_guard_for_every_resource(sim: Simulator, env: Env, resource: str) -> None:
+    source, vanish, upstream_count, count_sql, withheld = GUARDED[resource]
+    assert env.run("run", "--source", source).code == 0
+    held = upstream_count(sim)
+    assert env.query(count_sql) == [(held,)]
+
+    vanish(sim, 1)  # a few: retired without asking
+    result = env.run("run", "--source", source)
+    assert result.code == 0, result.stderr
+    assert env.query(count_sql) == [(held - 1,)] == [(upstream_count(sim),)]
+
+    vanish(sim, (held - 1) // 2)  # half of what is left: withheld
+    result = env.run("run", "--source", source)
+    assert result.code == 3, result.stderr
+    assert withheld in result.stderr and "--allow-deletions" in result.stderr
+    assert env.query(count_sql) == [(held - 1,)]
+
+    confirmed = env.run("run", "--source", source, "--allow-deletions")
+    assert confirmed.code == 0, confirmed.stderr
+    assert env.query(count_sql) == [(upstream_count(sim),)]

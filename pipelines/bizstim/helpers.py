@@ -8,9 +8,10 @@ than silently skipping or duplicating a session.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,53 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from practice_sync.errors import SweepInconsistent
+from practice_sync import context
+from practice_sync.errors import SweepInconsistent, find_cause
 from practice_sync.failpoints import failpoint
-from practice_sync.http import BadBody, HttpClient, JsonResponse, parse_json
+from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames, parse_json
+from practice_sync.report import Progress
 from practice_sync.rows import rows_to_table
 
 from .settings import REQUIRED_FIELDS, SESSION_FIELDS, TIMEZONE_COLUMN
+
+log = logging.getLogger("practice_sync.bizstim")
+
+NAMES = SourceNames("Bizstim", "bizstim")
+MAX_SWEEPS = 3  # reads of a listing that keeps moving before the run gives up
+
+
+def until_settled(extract: Callable[[], None]) -> None:
+    """Run `extract` (one whole sweep into dlt) again while the listing moved under it, at most
+    MAX_SWEEPS times; dlt never loads a failed extract, so a discarded sweep costs only time."""
+    for attempt in range(1, MAX_SWEEPS + 1):
+        try:
+            extract()
+            return
+        except Exception as exc:
+            moved = find_cause(exc, SweepInconsistent)
+            if moved is None or attempt == MAX_SWEEPS:
+                raise
+            log.warning("%s; reading it again (%d of %d)", moved, attempt + 1, MAX_SWEEPS)
+
+
+def read_sweep(
+    client: HttpClient, page_size: int, parse_processes: int
+) -> Generator[pa.Table, None, pa.ChunkedArray]:
+    """Yield every session of one sweep as Arrow tables; return the ids seen, once the sweep is
+    known to be consistent (otherwise `SweepInconsistent` asks for another sweep)."""
+    run = context.current("bizstim")
+    run.report.sweeps += 1
+    sweep = Sweep(client, page_size, parse_processes=parse_processes)
+    total = sweep.first_page().total
+    progress = Progress("Bizstim sessions", total) if run.show_progress else None
+    try:
+        yield from sweep.pages(progress.advance if progress else None)
+    finally:
+        if progress:
+            progress.close()
+    run.report.count("sessions", sweep.rows)
+    sweep.raise_if_inconsistent()
+    return sweep.ids()
 
 
 def check_page(data: Any) -> None:
@@ -56,10 +98,8 @@ def decode_page(start: int, body: bytes) -> Page:
 class Page:
     start: int
     total: int
-    timezone: str | None
-    ids: list[str]
+    ids: list[str]  # every row's id (a stand-in for a row without one), for the overlap check
     table: pa.Table
-    replaced_utf8: bool = False
 
 
 @dataclass
@@ -161,8 +201,12 @@ class Sweep:
         if table.num_rows:
             yield table
 
+    def ids(self) -> pa.ChunkedArray:
+        """The id of every row read (NULL where a row had none)."""
+        return pa.chunked_array(self.id_chunks, type=pa.string())
+
     def _check_unique_ids(self) -> None:
-        ids = pa.chunked_array(self.id_chunks, type=pa.string())
+        ids = self.ids()
         if pc.count_distinct(ids).as_py() != len(ids) - ids.null_count:
             self.problems.append("a session id appeared twice in one sweep")
 
@@ -191,4 +235,4 @@ def _to_page(start: int, response: JsonResponse) -> Page:
         str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"?{start}+{i}"
         for i, row in enumerate(rows)
     ]
-    return Page(start, int(data["total"]), timezone, ids, table, response.replaced_utf8)
+    return Page(start, int(data["total"]), ids, table)

@@ -248,6 +248,14 @@ class Timetap:
                 sold["status"] = "CLOSED"
             _bump(sold)
 
+    def refund(self, package_sold_id: int) -> None:
+        """The sale disappears from its client's list, as a refunded sale does."""
+        with self._lock:
+            del self._sold[package_sold_id]
+            for sales in self._sold_by_client.values():
+                if package_sold_id in sales:
+                    sales.remove(package_sold_id)
+
     def add_client(self, client_id: int | None = None) -> int:
         with self._lock:
             if client_id is None:

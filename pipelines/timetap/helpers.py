@@ -1,7 +1,8 @@
-"""TimeTap auth and calls: a session token signed with md5(apiKey + privateKey), refreshed on 401.
+"""TimeTap auth and calls, and the reads behind the source's resources.
 
-The private key only ever enters the signature; the api key travels in the token request's
-query string, which is why the shared HTTP layer never logs or reports URLs.
+Auth: a session token signed with md5(apiKey + privateKey), refreshed on 401. The private key
+only ever enters the signature; the api key travels in the token request's query string, which
+is why the shared HTTP layer never logs or reports URLs.
 """
 
 from __future__ import annotations
@@ -9,11 +10,35 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from practice_sync.errors import AuthRejected
-from practice_sync.http import BadBody, HttpClient
+import pyarrow as pa
+from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+from practice_sync import context, guard
+from practice_sync.errors import AuthRejected, SourceUnavailable
+from practice_sync.http import BadBody, HttpClient, SourceNames
+from practice_sync.report import Progress
+from practice_sync.rows import rows_to_table, text_columns
+
+from .settings import CLIENT_BATCH, CLIENT_ID_COLUMN, PACKAGE_FIELDS, PACKAGE_SOLD_FIELDS
+
+NAMES = SourceNames("TimeTap", "timetap")
+_naming = NamingConvention()
+
+
+@lru_cache(maxsize=1024)
+def snake(name: str) -> str:
+    """dlt's own column naming, applied before hashing so hints and data agree on names."""
+    return _naming.normalize_identifier(name)
+
+
+PACKAGE_COLUMNS = text_columns(map(snake, PACKAGE_FIELDS))
+SOLD_FIELDS = (*map(snake, PACKAGE_SOLD_FIELDS), CLIENT_ID_COLUMN)
+PACKAGE_SOLD_COLUMNS = text_columns(SOLD_FIELDS)
 
 
 def signature(api_key: str, private_key: str) -> str:
@@ -85,3 +110,119 @@ class TimeTapApi:
 def _check_token(data: Any) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("sessionToken"), str):
         raise BadBody("a token response without `sessionToken`")
+
+
+# -- packages ---------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def read_packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[pa.Table]:
+    """Listed packages whose modifiedDate differs from the warehouse's, then the vanished ones
+    (as far as the guard allows) as new inactive versions."""
+    run = context.current("timetap")
+    listed = [snake_row(row) for row in api.get("/package")]
+    run.report.count("packages", len(listed))
+    held = run.current("timetap", "packages", ["package_id", "modified_date"])
+    known = dict(zip(held["package_id"].to_pylist(), held["modified_date"].to_pylist(), strict=True))
+    changed = [
+        row
+        for row in listed
+        if known.get(_text(row.get("package_id")), _MISSING) != _text(row.get("modified_date"))
+    ]
+    listed_ids = pa.array([_text(row.get("package_id")) for row in listed], pa.string())
+    vanished = deletions.vanished(listed_ids).to_pylist()
+    gone: list[str] = []
+    for package_id in vanished:
+        found = _retired_package(api, package_id)
+        if found is None:
+            gone.append(package_id)
+        else:
+            changed.append(found)
+    if changed:
+        fields = [snake(f) for f in PACKAGE_FIELDS]
+        yield rows_to_table(changed, fields, entity="package", expect_text=False)
+    yield from deletions.tombstones(pa.array(gone, pa.string()))
+
+
+def _retired_package(api: TimeTapApi, package_id: str) -> dict[str, Any] | None:
+    """The retired package as TimeTap now has it (active=false); None when TimeTap has no such
+    package any more."""
+    try:
+        found = api.get(f"/package/{package_id}", check=check_object)
+    except SourceUnavailable:
+        return None
+    row: dict[str, Any] = snake_row(found)
+    row["active"] = False
+    return row
+
+
+# -- packages sold ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientList:
+    """The business's client ids, passed whole from `client_ids` to `packages_sold`."""
+
+    ids: list[str]
+
+
+def client_list(api: TimeTapApi, configured: Sequence[int] | None) -> ClientList:
+    raw = list(configured) if configured else api.get("/clientIdList")
+    ids: list[str] = []
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+            raise SourceUnavailable(
+                f"TimeTap's client id list holds {str(value)[:40]!r}, which is not a client id; "
+                "set sources.timetap.client_ids (SOURCES__TIMETAP__CLIENT_IDS) to work around it."
+            )
+        ids.append(str(int(value)))
+    return ClientList(list(dict.fromkeys(ids)))
+
+
+def read_packages_sold(
+    api: TimeTapApi, client_ids: Sequence[str]
+) -> Generator[pa.Table, None, pa.ChunkedArray]:
+    """Yield the packages sold of every client, `CLIENT_BATCH` clients per Arrow table, fetched
+    `concurrency` at a time; return the ids seen."""
+    run = context.current("timetap")
+    progress = Progress("TimeTap clients", len(client_ids)) if run.show_progress else None
+
+    def fetch(client_id: str) -> tuple[str, list[Any]]:
+        return client_id, api.get(f"/packageSold/client/{client_id}")
+
+    seen: list[pa.Array] = []
+    batch: list[Any] = []
+    try:
+        for done, (client_id, sold) in enumerate(api.client.map_ordered(fetch, client_ids), 1):
+            batch.extend(_with_client(row, client_id) for row in sold)
+            if progress:
+                progress.advance(1)
+            if batch and (done % CLIENT_BATCH == 0 or done == len(client_ids)):
+                table = rows_to_table(batch, SOLD_FIELDS, entity="package_sold", expect_text=False)
+                seen.append(table["package_sold_id"].combine_chunks())
+                batch = []
+                yield table
+    finally:
+        if progress:
+            progress.close()
+    ids = pa.chunked_array(seen, pa.string())
+    run.report.count("packages_sold", len(ids))
+    return ids
+
+
+def _with_client(row: Any, client_id: str) -> Any:
+    out = snake_row(row)
+    if isinstance(out, dict):
+        out[CLIENT_ID_COLUMN] = client_id
+    return out
+
+
+def snake_row(row: Any) -> Any:
+    if not isinstance(row, dict):
+        return row
+    return {snake(key): value for key, value in row.items()}
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,94 @@
+"""Every place the job reaches into dlt below its public `dlt.*` API, in one module, so that a dlt
+upgrade that renames one of them breaks here and nowhere else: the DuckDB credentials class,
+the layout of the normalize folder, the progress collector, and dlt's exception types.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dlt
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.common.runtime.collector import NullCollector
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+# dlt settings the job depends on, whatever folder it is started from (a user's own value wins):
+# the raw layer keeps each row's load id, finished load files are not kept forever, and the
+# staging copy of a night's sweep does not linger in the warehouse
+DLT_DEFAULTS = {
+    "NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID": "true",
+    "LOAD__DELETE_COMPLETED_JOBS": "true",
+    "LOAD__TRUNCATE_STAGING_DATASET": "true",
+    "RUNTIME__DLTHUB_TELEMETRY": "false",
+}
+
+__all__ = ["ConfigFieldMissingException", "PipelineStepFailed", "make_pipeline"]
+
+
+def make_pipeline(
+    name: str,
+    dataset: str,
+    database: Path,
+    pipelines_dir: Path,
+    duckdb_config: dict[str, str],
+    on_load_job: Callable[[], None] | None = None,
+) -> dlt.Pipeline:
+    """A dlt pipeline writing `dataset` into the DuckDB file, with its state in `pipelines_dir`.
+
+    `on_load_job` is called after each finished load job (dlt's only hook inside its load step).
+    """
+    for key, value in DLT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    credentials = DuckDbCredentials(str(database), global_config=duckdb_config)
+    return dlt.pipeline(
+        pipeline_name=name,
+        pipelines_dir=str(pipelines_dir),
+        destination=dlt.destinations.duckdb(credentials),
+        dataset_name=dataset,
+        progress=_LoadJobCollector(on_load_job) if on_load_job else None,  # type: ignore[arg-type]
+    )
+
+
+def discard_interrupted_extracts(pipeline: dlt.Pipeline) -> None:
+    """A killed extract leaves a half-written sweep in a uniquely named folder that dlt never
+    reads again; remove it so crashes do not pile up on disk (the caller holds the lock)."""
+    folder = Path(pipeline.working_dir) / "normalize"
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.is_dir() and child.name != "extracted":
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def missing_setting(exc: BaseException) -> str | None:
+    """The name of the setting dlt found missing, if that is what `exc` is."""
+    if isinstance(exc, ConfigFieldMissingException):
+        return str(exc.fields[0])
+    return None
+
+
+def failed_write(exc: BaseException) -> BaseException | None:
+    """The underlying error when dlt failed to normalize or load what was extracted."""
+    if isinstance(exc, PipelineStepFailed) and exc.step in ("normalize", "load"):
+        return exc.exception
+    return None
+
+
+class _LoadJobCollector(NullCollector):
+    """Calls back after each finished load job; dlt reports every job to its collector."""
+
+    def __init__(self, on_load_job: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_load_job = on_load_job
+        self._step = ""
+
+    def _start(self, step: str) -> None:
+        self._step = step
+
+    def update(self, name: str, inc: int = 1, *args: Any, **kwargs: Any) -> None:
+        if self._step.startswith("Load") and name == "Jobs" and inc > 0:
+            self._on_load_job()

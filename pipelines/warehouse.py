@@ -1,0 +1,158 @@
+"""The DuckDB warehouse file: where it is, whether it can be written, the one-run lock, and the
+few reads the job makes of it (current records for the deletion guard, the change summary).
+
+DuckDB allows one writing process at a time, so every check that can fail happens here, before
+any API is called: a run that cannot write should say so in one sentence and change nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import dlt
+import duckdb
+import pyarrow as pa
+
+from practice_sync.errors import ConfigError, LoadFailed, WarehouseLocked
+from practice_sync.report import TableChange
+
+DEFAULT_DATABASE = "practice_sync.duckdb"
+DEFAULT_MEMORY_LIMIT = "512MB"
+SETTING = "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS)"
+
+
+def database_from_config(explicit: str | None = None) -> Path:
+    """The DuckDB file from `--database`, DESTINATION__DUCKDB__CREDENTIALS or `.dlt/config.toml`."""
+    value = explicit or dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
+    if not isinstance(value, str):
+        raise ConfigError(f"{SETTING} must be a file path.")
+    if value.startswith("duckdb:///"):
+        value = value[len("duckdb:///") :]
+    if value == ":memory:":
+        raise ConfigError(
+            f"{SETTING} must be a file, not :memory:, or the warehouse is gone when the run ends."
+        )
+    return Path(value).expanduser().resolve()
+
+
+def duckdb_config() -> dict[str, str]:
+    """DuckDB's own default takes 80% of RAM for a big merge; a bounded limit spills to disk
+    instead, so a million-session night fits beside whatever else the server runs."""
+    limit = dlt.config.get("practice_sync.memory_limit") or DEFAULT_MEMORY_LIMIT
+    return {"memory_limit": str(limit)}
+
+
+def check_writable(database: Path) -> None:
+    where = database.parent
+    problem = None
+    if not where.is_dir():
+        problem = f"folder {where} does not exist"
+    elif not os.access(where, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
+        problem = f"{database} is not writable"
+    if problem:
+        raise ConfigError(f"The warehouse cannot be written ({problem}): fix {SETTING}.")
+
+
+def _check_not_held(database: Path) -> None:
+    """DuckDB allows one writing process: find out now, not halfway through a load."""
+    if not database.exists():
+        return
+    try:
+        duckdb.connect(str(database)).close()
+    except duckdb.IOException:
+        raise LoadFailed(
+            f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
+            "holding it for writing); close it and run again. Nothing was changed."
+        ) from None
+
+
+@contextlib.contextmanager
+def lock(database: Path) -> Iterator[None]:
+    """One run per warehouse: a second one is refused instead of racing the first's state."""
+    lock_path = database.with_name(database.name + ".lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise WarehouseLocked(
+            f"Another practice-sync run is using {database}; this run changed nothing "
+            "(the lock frees itself when that run ends)."
+        ) from None
+    try:
+        _check_not_held(database)  # after the lock: our own other run is reported as such
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    row = con.execute(
+        """
+        select count(*) from information_schema.tables
+        where table_catalog = current_database()
+          and table_schema = coalesce(nullif(?, ''), current_schema())
+          and table_name = ?
+        """,
+        [schema, table],
+    ).fetchall()
+    return bool(row[0][0])
+
+
+def _read_only(database: Path) -> contextlib.closing[duckdb.DuckDBPyConnection]:
+    return contextlib.closing(duckdb.connect(str(database), read_only=True))
+
+
+def current_rows(
+    database: Path, dataset: str, table: str, columns: Sequence[str], condition: str = "true"
+) -> pa.Table:
+    """Columns of the current (not yet retired) rows of a raw table, as text; empty if none.
+
+    Arrow, never Python objects: a million ids are a few MB this way.
+    """
+    empty = pa.table({name: pa.array([], pa.string()) for name in columns})
+    if not database.exists():
+        return empty
+    with _read_only(database) as con:
+        if not table_exists(con, dataset, table):
+            return empty
+        selected = ", ".join(f'"{name}"::varchar as "{name}"' for name in columns)
+        return con.sql(
+            f'select {selected} from "{dataset}"."{table}" '
+            f"where _dlt_valid_to is null and ({condition})"
+        ).to_arrow_table()
+
+
+def table_changes(
+    database: Path, dataset: str, keys: Mapping[str, str], since: datetime
+) -> dict[str, TableChange]:
+    """New, changed and retired records of this run, read back from the scd2 validity columns."""
+    out: dict[str, TableChange] = {}
+    with _read_only(database) as con:
+        for table, key in keys.items():
+            if not table_exists(con, dataset, table):
+                continue
+            row = con.execute(
+                f"""
+                with t as (select "{key}" as k, _dlt_valid_from as f, _dlt_valid_to as v
+                           from "{dataset}"."{table}"),
+                     added as (select distinct k from t where f >= $since),
+                     older as (select distinct k from t where f < $since)
+                select
+                    (select count(*) from added where k not in (select k from older)),
+                    (select count(*) from added where k in (select k from older)),
+                    (select count(distinct k) from t where v >= $since
+                        and k not in (select k from added)),
+                    (select count(*) from t where v is null)
+                """,
+                {"since": since},
+            ).fetchone()
+            assert row is not None
+            out[table] = TableChange(*map(int, row))
+    return out

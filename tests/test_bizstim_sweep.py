@@ -1,0 +1,56 @@
+"""Unit tests of the sweep's drift checks: consecutive pages share one row, no id twice."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from practice_sync.bizstim.helpers import Page, Sweep
+from practice_sync.errors import SweepInconsistent
+
+
+def page(start: int, ids: list[str]) -> Page:
+    return Page(start, total=10, ids=ids, table=pa.table({"id": pa.array(ids, pa.string())}))
+
+
+@pytest.fixture
+def sweep() -> Sweep:
+    return Sweep(client=None, page_size=3)  # type: ignore[arg-type]  # the checks make no calls
+
+
+def test_pages_that_share_their_boundary_row_pass(sweep: Sweep) -> None:
+    sweep._check_boundary(page(0, ["1", "2", "3"]), page(2, ["3", "4", "5"]))
+    assert sweep.problems == []
+    sweep.raise_if_inconsistent()
+
+
+def test_a_shifted_boundary_row_is_a_problem(sweep: Sweep) -> None:
+    sweep._check_boundary(page(0, ["1", "2", "3"]), page(2, ["4", "5", "6"]))
+    assert sweep.problems == ["rows shifted between the pages at 0 and 2"]
+    with pytest.raises(SweepInconsistent, match=r"changed while they were being read \(rows"):
+        sweep.raise_if_inconsistent()
+
+
+def test_an_empty_next_page_is_a_problem(sweep: Sweep) -> None:
+    sweep._check_boundary(page(0, ["1", "2", "3"]), page(2, []))
+    assert sweep.problems == ["rows shifted between the pages at 0 and 2"]
+
+
+def test_a_short_page_before_the_end_is_a_problem(sweep: Sweep) -> None:
+    sweep._check_boundary(page(2, ["3", "4"]), page(4, ["5", "6", "7"]))
+    assert sweep.problems == ["page at 2 held 2 rows, not 3"]
+
+
+def test_an_id_read_twice_is_a_problem(sweep: Sweep) -> None:
+    list(sweep._emit(page(0, ["1", "2", "3"]), None))
+    list(sweep._emit(page(2, ["3", "4", "2"]), None, skip_first=True))
+    assert sweep.ids().to_pylist() == ["1", "2", "3", "4", "2"]
+    sweep._check_unique_ids()
+    assert sweep.problems == ["a session id appeared twice in one sweep"]
+
+
+def test_rows_without_an_id_are_not_repeats(sweep: Sweep) -> None:
+    nulls = pa.table({"id": pa.array([None, None], pa.string())})
+    list(sweep._emit(Page(0, 3, ["?0+0", "?0+1"], nulls), None))
+    sweep._check_unique_ids()
+    assert sweep.problems == []
