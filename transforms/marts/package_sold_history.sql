@@ -39,7 +39,7 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_active_version as is_retired
+        is_last_version and has_no_live_version as is_retired
     from versions
 )
 

@@ -49,7 +49,7 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_current_version as is_deleted
+        is_last_version and has_no_live_version as is_deleted
     from versions
 )
 
