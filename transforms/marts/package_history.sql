@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
 --
 -- analytics.package_history: every version of every package the pipeline has seen (dlt scd2).
 --

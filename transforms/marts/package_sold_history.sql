@@ -1,4 +1,4 @@
--- requires: timetap.packages_sold
+-- depends_on: stg_timetap__packages_sold
 --
 -- analytics.package_sold_history: every version of every package sold (dlt scd2).
 --

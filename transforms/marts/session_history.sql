@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions
 --
 -- analytics.session_history: every version of every session the pipeline has seen (dlt scd2).
 --
