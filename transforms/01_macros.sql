@@ -1,5 +1,5 @@
--- Setup: helpers shared by the staging models. TEMP, like the staging views: they live only on the
--- connection that runs the build and never become part of the warehouse.
+-- Setup: helpers shared by the staging models. TEMP, like the staging tables: they live only on
+-- the connection that runs the build and never become part of the warehouse.
 --
 -- Conventions for raw text values (every raw column is VARCHAR as the vendor sent it):
 --   NULL  the field was not sent: typed as NULL, never reported.

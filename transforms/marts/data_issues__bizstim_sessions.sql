@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions, stg_bizstim__sessions__cancel_clients
 --
 -- Appends the problems of current Bizstim sessions to analytics.data_issues (created empty by
 -- 00_analytics_schema.sql): typing problems and the extractor's _ingest_issues, then malformed

@@ -1,4 +1,5 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
+-- depends_on: stg_timetap__packages__service_ids, stg_timetap__packages__reason_list
 --
 -- Appends the problems of current TimeTap package versions (active or not) to
 -- analytics.data_issues: typing problems, the extractor's _ingest_issues, then unreadable

@@ -1,4 +1,4 @@
--- requires: timetap.packages_sold
+-- depends_on: stg_timetap__packages_sold
 --
 -- Appends the problems of current TimeTap packages sold to analytics.data_issues: typing
 -- problems (including more used than included) and the extractor's _ingest_issues.

@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
 --
 -- analytics.package_history: every version of every package the pipeline has seen (dlt scd2).
 --
@@ -43,7 +43,7 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_active_version as is_retired
+        is_last_version and has_no_live_version as is_retired
     from versions
 )
 

@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages__reason_list
 --
 -- analytics.package_reasons: the reasons attached to each package in analytics.packages
 -- (its reason_list), in list order.

@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages__service_ids
 --
 -- analytics.package_services: which services each package in analytics.packages covers
 -- (its service_ids), one row per distinct pair.

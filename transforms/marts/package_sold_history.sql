@@ -1,4 +1,4 @@
--- requires: timetap.packages_sold
+-- depends_on: stg_timetap__packages_sold
 --
 -- analytics.package_sold_history: every version of every package sold (dlt scd2).
 --
@@ -39,7 +39,7 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_active_version as is_retired
+        is_last_version and has_no_live_version as is_retired
     from versions
 )
 

@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
 --
 -- analytics.packages: one row per package on offer now (current version with active = true;
 -- retired packages stay in analytics.package_history). Unreadable values are NULL here and listed

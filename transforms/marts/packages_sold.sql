@@ -1,4 +1,4 @@
--- requires: timetap.packages_sold
+-- depends_on: stg_timetap__packages_sold
 --
 -- analytics.packages_sold: one row per package sold, as it is now (current version, not
 -- deactivated: active true or unreadable). Unreadable values are NULL here and listed in

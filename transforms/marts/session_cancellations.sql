@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions__cancel_clients
 --
 -- analytics.session_cancellations: one row per client who cancelled from a current session
 -- (one entry of cancel_clients).

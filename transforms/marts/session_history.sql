@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions
 --
 -- analytics.session_history: every version of every session the pipeline has seen (dlt scd2).
 --
@@ -49,7 +49,7 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_current_version as is_deleted
+        is_last_version and has_no_live_version as is_deleted
     from versions
 )
 

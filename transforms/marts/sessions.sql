@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions
 --
 -- analytics.sessions: one row per session as it is now (the current scd2 version; should two
 -- current versions share an id, the latest valid_from wins). Unreadable values are NULL here and

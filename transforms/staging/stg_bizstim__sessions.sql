@@ -38,7 +38,6 @@ renamed as (
         try_cast(parse_int(source.slots) as integer) as slots,
         parse_int(source.client_id) as client_id,
         -- The field table says pract_d, the example rows say pract_id: take whichever is filled.
-        case when trim(source.pract_id) <> '' then 'pract_id' else 'pract_d' end as practitioner_field,
         parse_int(coalesce(nullif(trim(source.pract_id), ''), source.pract_d)) as practitioner_id,
         parse_int(source.service_id) as service_id,
         parse_int(source.location_id) as location_id,
@@ -162,7 +161,7 @@ converted as (
         on offsets.zone = localized.known_zone and offsets.day = localized.session_date
 ),
 
-final as (
+versions as (
     select
         *,
         ((epoch_us(end_utc) - epoch_us(start_utc)) // 60000000)::integer as duration_minutes,
@@ -170,18 +169,14 @@ final as (
         start_readings = 2 as is_start_in_dst_overlap,
         end_readings = 0 as is_end_in_dst_gap,
         end_readings = 2 as is_end_in_dst_overlap,
-        -- one window order for every history column, so DuckDB sorts each session's versions once
-        valid_to is null
-            and not coalesce(bool_or(valid_to is null) over (
-                versions rows between 1 following and unbounded following), false) as is_current,
-        (row_number() over versions)::integer as version_number,
-        lead(valid_from) over versions is null as is_last_version,
         -- Bizstim has no soft delete: a session gone from the API just has no current version.
-        not bool_or(valid_to is null) over (
-            versions rows between unbounded preceding and unbounded following
-        ) as has_no_current_version
+        true as is_live
     from converted
-    window versions as (partition by version_group order by valid_from, load_id)
+),
+
+-- is_current, version_number, is_last_version, has_no_live_version (02_scd2_history.sql)
+final as (
+    select * from scd2_history('versions')
 )
 
 select * from final;

@@ -1,4 +1,4 @@
--- requires: bizstim.sessions
+-- depends_on: stg_bizstim__sessions
 --
 -- One row per entry of a session's cancel_clients, for every version of the session.
 -- cancel_clients is 'client_id|client_dues_id|temp_session_id,...' (e.g. '76|2328|479889,49|2329|479895').

@@ -3,7 +3,7 @@
 -- TimeTap packages, renamed and typed: every scd2 version (marts pick current rows via is_current).
 -- Each row carries `issues`, the problems met while typing it; only those of current rows are
 -- reported (marts/data_issues__timetap_packages.sql). service_ids and reason_list stay JSON text
--- here and are unpacked by the stg_timetap__packages__*.sql views.
+-- here and are unpacked by the stg_timetap__packages__*.sql models.
 --
 -- GET /package lists active packages only, and DELETE just sets active=false: a retired package
 -- either vanishes (dlt closes its last version) or shows up with active=false.
@@ -59,22 +59,17 @@ renamed as (
     from source
 ),
 
-final as (
+versions as (
     select
         *,
-        -- one window order for every history column (as in stg_bizstim__sessions), so DuckDB
-        -- sorts each record's versions once
-        valid_to is null
-            and not coalesce(bool_or(valid_to is null) over (
-                versions rows between 1 following and unbounded following), false) as is_current,
-        (row_number() over versions)::integer as version_number,
-        lead(valid_from) over versions is null as is_last_version,
-        -- Retired: nothing current and active is left of the package.
-        not coalesce(bool_or(valid_to is null and active) over (
-            versions rows between unbounded preceding and unbounded following), false)
-            as has_no_active_version
+        -- Only an active version keeps a package on offer (DELETE just sets active=false).
+        active as is_live
     from renamed
-    window versions as (partition by version_group order by valid_from, load_id)
+),
+
+-- is_current, version_number, is_last_version, has_no_live_version (02_scd2_history.sql)
+final as (
+    select * from scd2_history('versions')
 )
 
 select * from final;

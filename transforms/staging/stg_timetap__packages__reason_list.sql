@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
 --
 -- One row per entry of a package version's reason_list (JSON array of {"reasonId", "reasonDesc"}),
 -- with `position` its 1-based place in the array. An entry that is not an object with an integer

@@ -1,4 +1,4 @@
--- requires: timetap.packages
+-- depends_on: stg_timetap__packages
 --
 -- One row per entry of a package version's service_ids (JSON array of integers; an integer in a
 -- JSON string, "12", is accepted too). An entry that is not an integer gets service_id NULL and a

@@ -79,28 +79,21 @@ renamed as (
     from parsed
 ),
 
-final as (
+versions as (
     select
         *,
         -- Never negative: using more than the maximum is reported as a data issue instead.
         -- (greatest() skips NULLs, so an unknown quantity is handled before it.)
         case when max_quantity is not null and used_quantity is not null
             then greatest(max_quantity - used_quantity, 0) end as remaining_quantity,
-        -- one window order for every history column (as in stg_bizstim__sessions), so DuckDB
-        -- sorts each record's versions once
-        valid_to is null
-            and not coalesce(bool_or(valid_to is null) over (
-                versions rows between 1 following and unbounded following), false) as is_current,
-        (row_number() over versions)::integer as version_number,
-        lead(valid_from) over versions is null as is_last_version,
-        -- Retired: no current version that is not deactivated.
-        not coalesce(
-            bool_or(valid_to is null and active is distinct from false) over (
-                versions rows between unbounded preceding and unbounded following),
-            false
-        ) as has_no_active_version
+        -- Retired: no current version that is not deactivated (an unreadable active still counts).
+        active is distinct from false as is_live
     from renamed
-    window versions as (partition by version_group order by valid_from, load_id)
+),
+
+-- is_current, version_number, is_last_version, has_no_live_version (02_scd2_history.sql)
+final as (
+    select * from scd2_history('versions')
 )
 
 select * from final;
