@@ -256,7 +256,7 @@ def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | 
 
 
 def _transform_into(database: Path, report: RunReport) -> None:
-    from practice_sync.transform import run_transforms
+    from practice_sync.transform import TransformOrderError, run_transforms
 
     if not database.exists():
         return
@@ -267,7 +267,7 @@ def _transform_into(database: Path, report: RunReport) -> None:
             report.analytics = run_transforms(con)
             if "data_issues" in report.analytics:
                 report.data_issues = report.analytics["data_issues"]
-    except duckdb.Error as exc:
+    except (duckdb.Error, TransformOrderError) as exc:
         raise TransformFailed(
             f"The analytics tables could not be rebuilt and were kept as they were ({first_line(exc)})."
         ) from exc

@@ -34,6 +34,7 @@ import duckdb
 
 from practice_sync import interrupt
 from practice_sync.failpoints import failpoint
+from practice_sync.warehouse import table_exists
 
 # `practice_sync.transforms` (the transforms/ folder) is a package whose *.sql files ship as package data, so this works installed too.
 TRANSFORMS_DIR: Path = Path(str(files("practice_sync.transforms")))
@@ -186,16 +187,7 @@ def sql_files(transforms_dir: Path) -> list[Path]:
 
 def _table_exists(con: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
     schema, _, table = qualified_name.rpartition(".")
-    rows = con.execute(
-        """
-        select count(*) from information_schema.tables
-        where table_catalog = current_database()
-          and table_schema = coalesce(nullif(?, ''), current_schema())
-          and table_name = ?
-        """,
-        [schema, table],
-    ).fetchall()
-    return rows[0][0] > 0
+    return table_exists(con, schema, table)
 
 
 def _run_file(con: duckdb.DuckDBPyConnection, transform: Transform, built: list[str]) -> None:
