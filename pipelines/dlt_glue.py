@@ -5,7 +5,9 @@ the layout of the normalize folder, the progress collector, and dlt's exception 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,56 @@ DLT_DEFAULTS = {
 }
 
 __all__ = ["ConfigFieldMissingException", "PipelineStepFailed", "make_pipeline"]
+
+
+def duckdb_setting_names() -> list[str]:
+    """Every setting dlt reads in `destination.duckdb`."""
+    from dlt.destinations.impl.duckdb.configuration import DuckDbClientConfiguration
+
+    fields = dataclasses.fields(DuckDbClientConfiguration)  # type: ignore[arg-type]
+    return [f.name for f in fields if not f.name.startswith("__")]
+
+
+def settings_dir() -> str:
+    """The `.dlt` folder dlt reads config.toml and secrets.toml from."""
+    from dlt.common.runtime.run_context import active
+
+    return os.path.abspath(active().settings_dir)
+
+
+def toml_documents() -> tuple[dict[str, Any], list[str]]:
+    """Each TOML settings file dlt read, as {where: its content}, and the list of files read.
+
+    A file that is not valid TOML is a `ConfigError` naming it and the line.
+    """
+    from dlt.common.configuration.container import Container
+    from dlt.common.configuration.providers.toml import TomlProviderReadException
+    from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+
+    from practice_sync.errors import ConfigError
+
+    try:
+        providers = Container()[PluggableRunContext].providers.providers
+    except TomlProviderReadException as exc:
+        raise ConfigError(_toml_problem(exc)) from None
+    documents: dict[str, Any] = {}
+    read: list[str] = []
+    for provider in providers:
+        locations = [os.path.abspath(p) for p in getattr(provider, "present_locations", [])]
+        content = getattr(provider, "_config_toml", None)
+        if locations and content is not None:
+            documents[" and ".join(locations)] = content
+            read.extend(locations)
+    return documents, read
+
+
+def _toml_problem(exc: Exception) -> str:
+    text = str(exc)
+    paths = re.findall(r"'([^']+\.toml)'", text)
+    where = re.search(r"line (\d+) col (\d+)", text)
+    found = next((p for p in paths if os.path.exists(p)), paths[0] if paths else "a .toml file")
+    at = f" (line {where.group(1)}, column {where.group(2)})" if where else ""
+    return f"{os.path.abspath(found)} is not valid TOML{at}: fix or remove it."
 
 
 def make_pipeline(

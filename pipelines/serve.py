@@ -1,0 +1,101 @@
+"""The read-only serving file: where analysts and BI tools read `analytics`, so they never block
+the nightly run and the run never waits for them.
+
+DuckDB allows one writing process or many readers of a file, never both, and BI tools keep
+their connections open all day. So after every successful rebuild the `analytics` schema (tables
+and comments) is copied into a new file that is then renamed over the serving file: a reader
+holding the old file keeps a consistent old copy, a new connection sees the new night.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import dlt
+import duckdb
+
+from practice_sync.errors import ConfigError, LoadFailed
+
+SETTING = "practice_sync.serve_path (PRACTICE_SYNC__SERVE_PATH)"
+SCHEMA = "analytics"
+
+
+def serve_path(database: Path) -> Path:
+    """`practice_sync.serve_path`, or `<warehouse>_analytics.duckdb` beside the warehouse."""
+    configured = dlt.config.get("practice_sync.serve_path")
+    if configured:
+        path = Path(str(configured)).expanduser().resolve()
+    else:
+        path = database.with_name(f"{database.stem}_analytics{database.suffix or '.duckdb'}")
+    if path == database:
+        raise ConfigError(f"{SETTING} must not be the warehouse file itself.")
+    return path
+
+
+def publish(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+    """Copy every `analytics` table with its comments from `con` into `target`, atomically;
+    return the number of tables published."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _remove(temporary)
+    try:
+        tables = _copy(con, temporary)
+        os.replace(temporary, target)
+    except (duckdb.Error, OSError) as exc:
+        _remove(temporary)
+        raise LoadFailed(
+            f"The analytics tables were rebuilt but could not be published to {target} "
+            f"({str(exc).splitlines()[0][:200]}); readers keep the previous night: check {SETTING}."
+        ) from exc
+    return tables
+
+
+def _copy(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    tables = [
+        row[0]
+        for row in con.execute(
+            "select table_name from duckdb_tables() where database_name = current_database() "
+            "and schema_name = ? order by 1",
+            [SCHEMA],
+        ).fetchall()
+    ]
+    con.execute("attach ? as serving", [str(path)])
+    try:
+        con.execute(f"create schema serving.{SCHEMA}")
+        for table in tables:
+            con.execute(
+                f'create table serving.{SCHEMA}."{table}" as select * from {SCHEMA}."{table}"'
+            )
+        _copy_comments(con)
+    finally:
+        con.execute("detach serving")
+    return len(tables)
+
+
+def _copy_comments(con: duckdb.DuckDBPyConnection) -> None:
+    """Table and column comments, so BI tools show the contract in the serving file too."""
+    for table, comment in con.execute(
+        "select table_name, comment from duckdb_tables() where database_name = current_database()"
+        " and schema_name = ? and comment is not null",
+        [SCHEMA],
+    ).fetchall():
+        con.execute(f'comment on table serving.{SCHEMA}."{table}" is {_literal(comment)}')
+    for table, column, comment in con.execute(
+        "select table_name, column_name, comment from duckdb_columns() "
+        "where database_name = current_database() and schema_name = ? and comment is not null",
+        [SCHEMA],
+    ).fetchall():
+        target = f'serving.{SCHEMA}."{table}"."{column}"'
+        con.execute(f"comment on column {target} is {_literal(comment)}")
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (COMMENT ON takes no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
