@@ -24,7 +24,7 @@ import pyarrow as pa
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from dlt.sources import DltResource
 
-from practice_sync.errors import SourceUnavailable
+from practice_sync.errors import NotFound, UnusableResponse
 from practice_sync.http import HttpClient, RetryPolicy, SourceNames
 from practice_sync.report import Progress, SourceReport
 from practice_sync.rows import rows_to_table, text_columns
@@ -200,7 +200,7 @@ def _retired_package(api: TimeTapApi, package_id: str) -> dict[str, Any]:
     """The retired package as TimeTap now has it (active=false); a bare tombstone if gone."""
     try:
         found = api.get(f"/package/{package_id}", check=check_object)
-    except SourceUnavailable:
+    except NotFound:  # gone altogether; an outage (RetriesExhausted) must not tombstone it
         found = None
     if isinstance(found, dict):
         row = _snake_row(found)
@@ -214,7 +214,7 @@ def _client_ids(api: TimeTapApi, configured: Sequence[int] | None) -> list[str]:
     ids: list[str] = []
     for value in raw:
         if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-            raise SourceUnavailable(
+            raise UnusableResponse(
                 f"TimeTap's client id list holds {str(value)[:40]!r}, which is not a client id; "
                 "set sources.timetap.client_ids (SOURCES__TIMETAP__CLIENT_IDS) to work around it."
             )
