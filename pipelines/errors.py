@@ -40,7 +40,48 @@ class ConfigError(PracticeSyncError):
 
 
 class SourceUnavailable(PracticeSyncError):
+    """A source could not deliver what the run needs; its tables keep last night's state.
+
+    Callers that can act on the reason catch one of the subclasses below instead.
+    """
+
     exit_code = ExitCode.SOURCE_FAILED
+
+
+class NotFound(SourceUnavailable):
+    """HTTP 404: the endpoint or record does not exist, so asking again cannot help.
+
+    A wrong base URL when listing; an answer, not a failure, when looking up one record (a
+    retired TimeTap package that is gone altogether).
+    """
+
+    def __init__(self, message: str, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint  # "/package": the first path segment, never ids or keys
+
+
+class RetriesExhausted(SourceUnavailable):
+    """Transient failures (timeouts, 5xx, 429, broken bodies) used up every attempt.
+
+    Nothing is known about the data behind them: a caller must not read this as "not there".
+    """
+
+    def __init__(self, message: str, attempts: int = 0, problem: str = "") -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.problem = problem  # the last attempt's failure: "HTTP 503", "connection dropped"
+
+
+class UnusableResponse(SourceUnavailable):
+    """The source answered, but with a value the run cannot use (a client id that is not one)."""
+
+
+class BadBody(UnusableResponse):
+    """A 200 whose body is not what the endpoint promises, found by a check inside an attempt.
+
+    The message is the problem as a phrase ("a body that is not a JSON array"): the HTTP layer
+    retries it like a 5xx and, if it persists, words it into a `RetriesExhausted` sentence.
+    """
 
 
 class AuthRejected(PracticeSyncError):

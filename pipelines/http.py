@@ -1,14 +1,16 @@
 """The one HTTP layer both vendors use: retries, backoff, Retry-After, bounded concurrency.
 
 Vendors differ in auth and paging, not in how their servers fail, so the rules for a flaky API
-live here once. Every failure leaves as a `PracticeSyncError` whose sentence names the setting
-to fix; URLs are never put in messages or logs because TimeTap's token call carries its key in
-the query string.
+live here once. One function makes one attempt and sorts its outcome into a result or a typed
+error; one tenacity policy decides what to retry and how long to wait. Every failure leaves as a
+`PracticeSyncError` whose sentence names the setting to fix; URLs are never put in messages or
+logs because TimeTap's token call carries its key in the query string.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -16,15 +18,38 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from practice_sync import interrupt
-from practice_sync.errors import AuthRejected, ConfigError, SourceUnavailable
+from practice_sync.errors import (
+    AuthRejected,
+    BadBody,
+    ConfigError,
+    NotFound,
+    RetriesExhausted,
+    SourceUnavailable,
+)
+
+__all__ = [
+    "BadBody",
+    "HttpClient",
+    "HttpStats",
+    "JsonResponse",
+    "RetryPolicy",
+    "SourceNames",
+    "SourceUnavailable",
+    "Transient",
+    "parse_json",
+    "parse_retry_after",
+]
 
 log = logging.getLogger("practice_sync.http")
 
@@ -34,14 +59,27 @@ R = TypeVar("R")
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 
+# The longest a `Retry-After` may hold a worker. A server asking for more (an hour-long
+# maintenance window, a misconfigured header) is asked again after this long; with the default
+# six attempts a run then fails within the hour rather than sleeping past its nightly window.
+RETRY_AFTER_CAP = 600.0
 
-class BadBody(Exception):
-    """A 200 whose body is not what the endpoint promises; worth asking again."""
+
+class Transient(Exception):
+    """One attempt failed in a way a healthy server would not repeat: worth asking again."""
+
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem  # a phrase for the log and the final sentence: "HTTP 503"
+        self.retry_after = retry_after  # seconds the server asked for, if it did
 
 
 @dataclass
 class RetryPolicy:
-    """Bounded, jittered exponential backoff; `Retry-After` wins when the server sends it."""
+    """Bounded, jittered exponential backoff; `Retry-After` wins when the server sends it.
+
+    Only `Transient` is retried: auth failures, 404s and interruptions end the call at once.
+    """
 
     max_attempts: int = 6
     backoff_base: float = 0.5
@@ -50,11 +88,45 @@ class RetryPolicy:
     read_timeout: float = 60.0
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Full jitter keeps many workers from retrying in lockstep after a shared 5xx burst."""
+        """Seconds to wait after failed attempt `attempt` (0-based).
+
+        Full jitter keeps many workers from retrying in lockstep after a shared 5xx burst;
+        a longer `Retry-After` wins even past `backoff_cap` (it is capped when parsed).
+        """
         jittered = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-        if retry_after is not None:
-            return min(max(retry_after, jittered), max(self.backoff_cap, retry_after))
-        return jittered
+        return jittered if retry_after is None else max(retry_after, jittered)
+
+    def wait(self, state: RetryCallState) -> float:
+        """tenacity's `wait`: the delay after the attempt that just failed."""
+        failure = state.outcome.exception() if state.outcome is not None else None
+        retry_after = failure.retry_after if isinstance(failure, Transient) else None
+        return self.delay(state.attempt_number - 1, retry_after)
+
+    def retrying(
+        self,
+        before: Callable[[RetryCallState], None] | None = None,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """The policy as a tenacity `Retrying`; safe to share across threads.
+
+        Every attempt starts with `interrupt.check()` and every pause is `interrupt.sleep`, so
+        Ctrl-C and SIGTERM stop a run mid-backoff. The last `Transient` is re-raised as is.
+        """
+
+        def before_attempt(state: RetryCallState) -> None:
+            interrupt.check()
+            if before is not None:
+                before(state)
+
+        return Retrying(
+            retry=retry_if_exception_type(Transient),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self.wait,
+            sleep=interrupt.sleep,
+            before=before_attempt,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
 
 @dataclass
@@ -111,12 +183,16 @@ class HttpClient:
             )
         if concurrency < 1:
             raise ConfigError(f"{names.setting('concurrency')} must be at least 1.")
+        policy = policy or RetryPolicy()
+        if policy.max_attempts < 1:
+            raise ConfigError(f"{names.setting('max_attempts')} must be at least 1.")
         self.names = names
         self.base_url = base_url.rstrip("/")
         self.host = parts.netloc
         self.concurrency = concurrency
-        self.policy = policy or RetryPolicy()
+        self.policy = policy
         self.stats = stats or HttpStats()
+        self._retrying = policy.retrying(before=self._count_retry, before_sleep=self._log_retry)
         self.session = requests.Session()
         # the environment's proxy and CA settings are read once here rather than on every call
         # (~0.2 ms each, which adds up over 20,000 TimeTap clients)
@@ -162,74 +238,90 @@ class HttpClient:
     ) -> R:
         """GET `path` and `decode` the body, retrying whatever a healthy server would not repeat.
 
-        `decode` raises `BadBody` for a 200 that is not what the endpoint promises. Auth failures
-        are not retried here: the caller may refresh a token first.
+        `decode` raises `BadBody` for a 200 that is not what the endpoint promises. Raises
+        `AuthRejected` at once (the caller may refresh a token first), `NotFound` at once, and
+        `RetriesExhausted` when transient failures use up every attempt.
         """
-        problem = "no attempt made"
-        for attempt in range(self.policy.max_attempts):
-            interrupt.check()
-            if attempt:
-                self.stats.add(retries=1)
-            retry_after: float | None = None
-            try:
-                response = self.session.get(
-                    self.base_url + path,
-                    params=params,
-                    headers=headers,
-                    timeout=(self.policy.connect_timeout, self.policy.read_timeout),
-                )
-                body = response.content  # raises on a body cut off mid-way
-            except requests.exceptions.ConnectionError as exc:
-                problem = _describe_connection_error(exc)
-            except requests.exceptions.Timeout:
-                problem = "no answer within the timeout"
-            except requests.exceptions.ChunkedEncodingError:
-                problem = "a body cut off mid-way"
-            except requests.exceptions.RequestException as exc:
-                problem = f"a broken response ({type(exc).__name__})"
-            else:
-                self.stats.add(requests_=1, nbytes=len(body))
-                status = response.status_code
-                if status in AUTH_STATUSES:
-                    raise AuthRejected(
-                        f"{self.names.title} rejected the credentials (HTTP {status}): "
-                        f"check {self.names.setting('api_key')}."
-                    )
-                if status in RETRY_STATUSES:
-                    problem = f"HTTP {status}"
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
-                elif status == 404:
-                    raise SourceUnavailable(
-                        f"{self.names.title} has no {_endpoint(path)} endpoint at {self.host} "
-                        f"(HTTP 404): check {self.names.setting('base_url')}."
-                    )
-                elif status >= 400:
-                    problem = f"HTTP {status}"
-                else:
-                    try:
-                        return decode(body)
-                    except BadBody as exc:
-                        problem = str(exc)
-            if attempt + 1 < self.policy.max_attempts:
-                pause = self.policy.delay(attempt, retry_after)
-                log.warning(
-                    "%s %s: %s; retry %d of %d in %.1fs",
-                    self.names.title,
-                    _endpoint(path),
-                    problem,
-                    attempt + 1,
-                    self.policy.max_attempts - 1,
-                    pause,
-                )
-                interrupt.sleep(pause)
-        if problem.startswith("cannot connect") or problem.startswith("host not found"):
-            raise SourceUnavailable(
-                f"{self.names.title} could not be reached at {self.host} ({problem}): "
+        try:
+            return self._retrying(self._attempt, path, decode, params, headers)
+        except Transient as last:
+            raise self._exhausted(path, last) from None
+
+    def _attempt(
+        self,
+        path: str,
+        decode: Callable[[bytes], R],
+        params: dict[str, str] | None,
+        headers: dict[str, str] | None,
+    ) -> R:
+        """One GET, sorted into a result or a typed error before any retry logic sees it."""
+        try:
+            response = self.session.get(
+                self.base_url + path,
+                params=params,
+                headers=headers,
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+            body = response.content  # raises on a body cut off mid-way
+        except requests.exceptions.RequestException as exc:
+            raise Transient(_describe_request_error(exc)) from exc
+        self.stats.add(requests_=1, nbytes=len(body))
+        self._check_status(path, response)
+        try:
+            return decode(body)
+        except BadBody as exc:
+            raise Transient(str(exc)) from exc
+
+    def _check_status(self, path: str, response: requests.Response) -> None:
+        """Raise for anything but a success: auth and 404 are final, the rest transient."""
+        status = response.status_code
+        if status in AUTH_STATUSES:
+            raise AuthRejected(
+                f"{self.names.title} rejected the credentials (HTTP {status}): "
+                f"check {self.names.setting('api_key')}."
+            )
+        if status == 404:
+            raise NotFound(
+                f"{self.names.title} has no {_endpoint(path)} endpoint at {self.host} "
+                f"(HTTP 404): check {self.names.setting('base_url')}.",
+                endpoint=_endpoint(path),
+            )
+        if status in RETRY_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise Transient(f"HTTP {status}", retry_after)
+        if status >= 400:  # not known to be transient, but not proof the request is wrong either
+            raise Transient(f"HTTP {status}")
+
+    def _exhausted(self, path: str, last: Transient) -> RetriesExhausted:
+        attempts = self.policy.max_attempts
+        if last.problem.startswith(("cannot connect", "host not found")):
+            message = (
+                f"{self.names.title} could not be reached at {self.host} ({last.problem}): "
                 f"check {self.names.setting('base_url')} and the network."
             )
-        raise SourceUnavailable(
-            f"{self.names.title} kept failing on {_endpoint(path)} after "
-            f"{self.policy.max_attempts} attempts ({problem}); nothing from this run was applied."
+        else:
+            message = (
+                f"{self.names.title} kept failing on {_endpoint(path)} after {attempts} attempts "
+                f"({last.problem}); nothing from this run was applied."
+            )
+        return RetriesExhausted(message, attempts=attempts, problem=last.problem)
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        if state.attempt_number > 1:
+            self.stats.add(retries=1)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        """One warning per retry; the endpoint, never the URL (it may carry a key)."""
+        failure = state.outcome.exception() if state.outcome is not None else None
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "%s %s: %s; retry %d of %d in %.1fs",
+            self.names.title,
+            _endpoint(state.args[0]),
+            failure.problem if isinstance(failure, Transient) else failure,
+            state.attempt_number,
+            self.policy.max_attempts - 1,
+            pause,
         )
 
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -271,13 +363,39 @@ def parse_json(body: bytes) -> JsonResponse:
         raise BadBody("a body that is not complete JSON") from None
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks for, as delta-seconds or an HTTP date (RFC 9110).
+
+    None when absent or unreadable (our own backoff applies); a date in the past is 0; never
+    more than RETRY_AFTER_CAP. Fractional seconds are accepted: some servers send them.
+    """
+    text = (value or "").strip()
+    if not text:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(text)
     except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def _describe_request_error(exc: requests.exceptions.RequestException) -> str:
+    """A phrase for what went wrong on the wire, without the URL that requests puts in it."""
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return _describe_connection_error(exc)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "no answer within the timeout"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "a body cut off mid-way"
+    return f"a broken response ({type(exc).__name__})"
 
 
 def _describe_connection_error(exc: requests.exceptions.ConnectionError) -> str:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from practice_sync import context, guard
-from practice_sync.errors import AuthRejected, SourceUnavailable
+from practice_sync.errors import AuthRejected, NotFound, UnusableResponse
 from practice_sync.http import BadBody, HttpClient, SourceNames
 from practice_sync.report import Progress
 from practice_sync.rows import rows_to_table, text_columns
@@ -150,7 +150,7 @@ def _retired_package(api: TimeTapApi, package_id: str) -> dict[str, Any] | None:
     package any more."""
     try:
         found = api.get(f"/package/{package_id}", check=check_object)
-    except SourceUnavailable:
+    except NotFound:  # gone altogether; an outage (RetriesExhausted) must not retire it
         return None
     row: dict[str, Any] = snake_row(found)
     row["active"] = False
@@ -172,7 +172,7 @@ def client_list(api: TimeTapApi, configured: Sequence[int] | None) -> ClientList
     ids: list[str] = []
     for value in raw:
         if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-            raise SourceUnavailable(
+            raise UnusableResponse(
                 f"TimeTap's client id list holds {str(value)[:40]!r}, which is not a client id; "
                 "set sources.timetap.client_ids (SOURCES__TIMETAP__CLIENT_IDS) to work around it."
             )

@@ -1,0 +1,417 @@
+"""The HTTP layer's rules without a server: backoff delays, `Retry-After`, and how every outcome of
+an attempt is sorted into a result, a retry, or a typed error.
+
+`interrupt.sleep` is replaced by a recorder, so no test here waits for a backoff; a fake session
+stands in for requests' (real `requests.Response` objects, scripted per call).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from practice_sync import interrupt
+from practice_sync.errors import (
+    AuthRejected,
+    BadBody,
+    ConfigError,
+    ExitCode,
+    NotFound,
+    RetriesExhausted,
+    SourceUnavailable,
+)
+from practice_sync.http import (
+    RETRY_AFTER_CAP,
+    HttpClient,
+    RetryPolicy,
+    SourceNames,
+    Transient,
+    parse_retry_after,
+)
+
+NAMES = SourceNames("Bizstim", "bizstim")
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Pauses the retry policy asked for, instead of sleeping them (patch before building one)."""
+    pauses: list[float] = []
+    monkeypatch.setattr(interrupt, "sleep", lambda seconds: pauses.append(float(seconds)))
+    return pauses
+
+
+def top_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full jitter always picks its upper bound, so delays are exact."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+
+
+# --- delays ---------------------------------------------------------------------------------
+
+
+def test_delay_bound_doubles_per_attempt_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    bounds: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        bounds.append((low, high))
+        return high
+
+    monkeypatch.setattr(random, "uniform", uniform)
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=3.0)
+    assert [policy.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert all(low == 0 for low, _ in bounds)  # full jitter: anything from no wait at all
+
+
+def test_delays_are_jittered_within_their_bound() -> None:
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=30.0)
+    delays = [policy.delay(2) for _ in range(200)]
+    assert all(0 <= d <= 2.0 for d in delays)
+    assert len(set(delays)) > 100  # not in lockstep
+    assert max(policy.delay(40) for _ in range(200)) <= 30.0
+
+
+def test_a_longer_retry_after_wins_even_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    top_of_range(monkeypatch)
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=3.0)
+    assert policy.delay(0, retry_after=2.5) == 2.5  # longer than the 0.5 s bound
+    assert policy.delay(0, retry_after=120.0) == 120.0  # the server knows best, past backoff_cap
+    assert policy.delay(3, retry_after=1.0) == 3.0  # a shorter one does not shorten our backoff
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    assert policy.delay(3, retry_after=0.0) == 0.0
+
+
+# --- Retry-After ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("86400", RETRY_AFTER_CAP),
+        ("inf", RETRY_AFTER_CAP),
+        ("Sat, 01 Mar 2025 12:00:45 GMT", 45.0),
+        ("Sat, 01 Mar 2025 12:00:10 -0000", 10.0),
+        ("Sat, 01 Mar 2025 13:00:20 +0100", 20.0),
+        ("Sat, 01 Mar 2025 11:59:00 GMT", 0.0),  # already past: ask again now
+        ("Sun, 02 Mar 2025 12:00:00 GMT", RETRY_AFTER_CAP),
+    ],
+)
+def test_retry_after_as_seconds_or_http_date(header: str, seconds: float) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+@pytest.mark.parametrize("header", [None, "", "   ", "soon", "nan", "Sat, 99 Foo 2025 12:00:00"])
+def test_unreadable_retry_after_leaves_the_backoff_to_us(header: str | None) -> None:
+    assert parse_retry_after(header, now=NOW) is None
+
+
+def test_retry_after_date_is_measured_from_the_clock() -> None:
+    header = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert 55.0 <= (parse_retry_after(header) or 0) <= 60.0
+
+
+# --- the policy on its own ------------------------------------------------------------------
+
+
+def scripted(*outcomes: BaseException | str) -> tuple[list[int], Any]:
+    """An attempt function failing or answering as scripted; the last outcome repeats."""
+    calls: list[int] = []
+
+    def attempt() -> str:
+        calls.append(1)
+        outcome = outcomes[min(len(calls), len(outcomes)) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return calls, attempt
+
+
+def test_policy_retries_transient_failures_with_the_delays_it_computes(
+    slept: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    top_of_range(monkeypatch)
+    policy = RetryPolicy(max_attempts=4, backoff_base=1.0, backoff_cap=3.0)
+    calls, attempt = scripted(
+        Transient("HTTP 503"), Transient("HTTP 429", retry_after=7.5), Transient("x"), "ok"
+    )
+    assert policy.retrying()(attempt) == "ok"
+    assert len(calls) == 4
+    assert slept == [1.0, 7.5, 3.0]
+
+
+def test_policy_gives_up_after_max_attempts_with_the_last_failure(slept: list[float]) -> None:
+    policy = RetryPolicy(max_attempts=3, backoff_base=0.01)
+    calls, attempt = scripted(Transient("HTTP 500"), Transient("HTTP 502"))
+    with pytest.raises(Transient) as caught:
+        policy.retrying()(attempt)
+    assert caught.value.problem == "HTTP 502"
+    assert len(calls) == 3 and len(slept) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AuthRejected("rejected"),
+        NotFound("no such endpoint", endpoint="/x"),
+        ValueError("a bug"),
+        interrupt.Interrupted(signal.SIGTERM),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_policy_does_not_retry_anything_else(slept: list[float], error: BaseException) -> None:
+    calls, attempt = scripted(error, "ok")
+    with pytest.raises(type(error)):
+        RetryPolicy().retrying()(attempt)
+    assert len(calls) == 1 and slept == []
+
+
+def test_a_stop_during_backoff_ends_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    def stop(seconds: float) -> None:
+        raise interrupt.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(interrupt, "sleep", stop)
+    calls, attempt = scripted(Transient("HTTP 503"), "ok")
+    with pytest.raises(interrupt.Interrupted):
+        RetryPolicy().retrying()(attempt)
+    assert len(calls) == 1
+
+
+def test_a_stop_requested_earlier_prevents_the_next_attempt(slept: list[float]) -> None:
+    calls, attempt = scripted("ok")
+    interrupt._handle(signal.SIGTERM, None)  # what the SIGTERM handler does
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            RetryPolicy().retrying()(attempt)
+    finally:
+        interrupt._stop.clear()
+        interrupt._received.clear()
+    assert calls == []
+
+
+# --- the client: one attempt, sorted -------------------------------------------------------
+
+
+def response(status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> Any:
+    reply = requests.Response()
+    reply.status_code = status
+    reply._content = body
+    reply.headers = CaseInsensitiveDict(headers or {})
+    return reply
+
+
+class FakeSession:
+    """Answers (or raises) as scripted, the last outcome repeating; records what was asked."""
+
+    def __init__(self, outcomes: tuple[Any, ...]) -> None:
+        self.outcomes = outcomes
+        self.urls: list[str] = []
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        self.urls.append(url)
+        outcome = self.outcomes[min(len(self.urls), len(self.outcomes)) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        pass
+
+
+def client(*outcomes: Any, attempts: int = 4) -> tuple[HttpClient, FakeSession]:
+    http = HttpClient(
+        NAMES,
+        "https://api.example.test/v1",
+        policy=RetryPolicy(max_attempts=attempts, backoff_base=0.01, backoff_cap=0.02),
+    )
+    http.session = FakeSession(outcomes)  # type: ignore[assignment]
+    return http, http.session  # type: ignore[return-value]
+
+
+def ok(data: bytes) -> Any:
+    return data.decode()
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 400, 409])
+def test_transient_statuses_are_retried_and_counted(
+    slept: list[float], caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    http, session = client(response(status, b"busy"), response(status, b"busy"), response(200))
+    with caplog.at_level(logging.WARNING, logger="practice_sync.http"):
+        assert http.get("/sessions/100/100", ok, params={"key": "SECRET"}) == "{}"
+    assert len(session.urls) == 3 and len(slept) == 2
+    assert (http.stats.requests, http.stats.retries, http.stats.bytes) == (3, 2, 10)
+    assert [r.getMessage().rsplit(" in ", 1)[0] for r in caplog.records] == [
+        f"Bizstim /sessions: HTTP {status}; retry 1 of 3",
+        f"Bizstim /sessions: HTTP {status}; retry 2 of 3",
+    ]
+    assert "100" not in caplog.text and "example" not in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_credentials_are_not_retried(slept: list[float], status: int) -> None:
+    http, session = client(response(status), response(200))
+    with pytest.raises(AuthRejected) as caught:
+        http.get("/sessions/0/100", ok)
+    assert str(caught.value) == (
+        f"Bizstim rejected the credentials (HTTP {status}): "
+        "check sources.bizstim.api_key (SOURCES__BIZSTIM__API_KEY)."
+    )
+    assert caught.value.exit_code == ExitCode.AUTH_FAILED
+    assert not isinstance(caught.value, SourceUnavailable)
+    assert len(session.urls) == 1 and http.stats.retries == 0 and slept == []
+
+
+def test_not_found_is_not_retried_and_names_the_endpoint(slept: list[float]) -> None:
+    http, session = client(response(404, b'{"error": "Not found"}'), response(200))
+    with pytest.raises(NotFound) as caught:
+        http.get("/package/4711", ok)
+    assert str(caught.value) == (
+        "Bizstim has no /package endpoint at api.example.test (HTTP 404): "
+        "check sources.bizstim.base_url (SOURCES__BIZSTIM__BASE_URL)."
+    )
+    assert caught.value.endpoint == "/package"
+    assert caught.value.exit_code == ExitCode.SOURCE_FAILED
+    assert not isinstance(caught.value, RetriesExhausted)
+    assert len(session.urls) == 1 and slept == []
+
+
+def test_exhausted_retries_say_how_often_and_why(slept: list[float]) -> None:
+    http, session = client(response(500), response(503))
+    with pytest.raises(RetriesExhausted) as caught:
+        http.get("/sessions/0/100", ok)
+    assert str(caught.value) == (
+        "Bizstim kept failing on /sessions after 4 attempts (HTTP 503); "
+        "nothing from this run was applied."
+    )
+    assert (caught.value.attempts, caught.value.problem) == (4, "HTTP 503")
+    assert caught.value.exit_code == ExitCode.SOURCE_FAILED
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert len(session.urls) == 4 and len(slept) == 3
+    assert (http.stats.requests, http.stats.retries) == (4, 3)
+
+
+KEYED_URL = "/sessionToken?apiKey=SECRET-KEY"
+
+
+@pytest.mark.parametrize(
+    ("error", "problem"),
+    [
+        (
+            requests.exceptions.ConnectionError(
+                f"Max retries exceeded with url: {KEYED_URL} (Caused by "
+                "ProtocolError('Connection aborted.', RemoteDisconnected('closed')))"
+            ),
+            "connection dropped",
+        ),
+        (
+            requests.exceptions.ReadTimeout(f"Read timed out. {KEYED_URL}"),
+            "no answer within the timeout",
+        ),
+        (requests.exceptions.ChunkedEncodingError(KEYED_URL), "a body cut off mid-way"),
+        (
+            requests.exceptions.ContentDecodingError(KEYED_URL),
+            "a broken response (ContentDecodingError)",
+        ),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_broken_connections_are_retried_then_worded_without_the_url(
+    slept: list[float], caplog: pytest.LogCaptureFixture, error: Exception, problem: str
+) -> None:
+    http, session = client(error, attempts=3)
+    with caplog.at_level(logging.WARNING, logger="practice_sync.http"):
+        with pytest.raises(RetriesExhausted) as caught:
+            http.get("/sessionToken", ok, params={"apiKey": "SECRET-KEY"})
+    assert str(caught.value) == (
+        f"Bizstim kept failing on /sessionToken after 3 attempts ({problem}); "
+        "nothing from this run was applied."
+    )
+    assert len(session.urls) == 3
+    assert (http.stats.requests, http.stats.retries, http.stats.bytes) == (0, 2, 0)
+    assert len(caplog.records) == 2
+    assert "SECRET" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("cause", "problem"),
+    [
+        (
+            "NewConnectionError('Failed to establish a new connection: [Errno 111] refused')",
+            "cannot connect",
+        ),
+        ("NameResolutionError('Failed to resolve api.example.test')", "host not found"),
+    ],
+)
+def test_an_unreachable_host_asks_to_check_the_base_url(
+    slept: list[float], cause: str, problem: str
+) -> None:
+    error = requests.exceptions.ConnectionError(f"url: {KEYED_URL} (Caused by {cause})")
+    http, _ = client(error)
+    with pytest.raises(RetriesExhausted) as caught:
+        http.get("/sessions/0/100", ok)
+    assert str(caught.value) == (
+        f"Bizstim could not be reached at api.example.test ({problem}): "
+        "check sources.bizstim.base_url (SOURCES__BIZSTIM__BASE_URL) and the network."
+    )
+    assert caught.value.problem == problem
+
+
+def test_a_body_that_breaks_its_promise_is_retried_like_a_5xx(slept: list[float]) -> None:
+    def check(data: Any) -> None:
+        if not isinstance(data, list):
+            raise BadBody("a body that is not a JSON array")
+
+    http, session = client(response(200, b'{"error": 1}'), response(200, b"[1, 2]"))
+    assert http.get_json("/clientIdList", check=check).data == [1, 2]
+    assert (len(session.urls), http.stats.retries, http.stats.bytes) == (2, 1, 18)
+
+    http, _ = client(response(200, b'{"error": 1'), attempts=2)
+    with pytest.raises(RetriesExhausted) as caught:
+        http.get_json("/clientIdList", check=check)
+    assert str(caught.value) == (
+        "Bizstim kept failing on /clientIdList after 2 attempts (a body that is not complete "
+        "JSON); nothing from this run was applied."
+    )
+
+
+def test_a_decoder_bug_is_not_retried(slept: list[float]) -> None:
+    def decode(body: bytes) -> Any:
+        raise KeyError("total")
+
+    http, session = client(response(200), response(200))
+    with pytest.raises(KeyError):
+        http.get("/sessions/0/100", decode)
+    assert len(session.urls) == 1 and slept == []
+
+
+def test_retry_after_from_the_server_sets_the_pause(
+    slept: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)
+    in_30s = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    http, _ = client(
+        response(429, headers={"Retry-After": "2"}),
+        response(503, headers={"Retry-After": in_30s}),
+        response(400, headers={"Retry-After": "9"}),  # not a status that promises a retry time
+        response(200),
+    )
+    assert http.get("/sessions/0/100", ok) == "{}"
+    assert slept[0] == 2.0 and 25.0 <= slept[1] <= 30.0 and slept[2] == 0.0
+
+
+def test_at_least_one_attempt_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"SOURCES__BIZSTIM__MAX_ATTEMPTS"):
+        HttpClient(NAMES, "https://api.example.test", policy=RetryPolicy(max_attempts=0))

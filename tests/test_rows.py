@@ -1,0 +1,189 @@
+"""Vendor rows to the raw layer's all-text Arrow tables, and the row hashes scd2 compares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from practice_sync.rows import INGEST_ISSUES, LONG_VALUE, ROW_HASH, row_hashes, rows_to_table
+
+FIELDS = ["id", "start", "name"]
+
+
+def table(rows: list[Any], **options: Any) -> pa.Table:
+    return rows_to_table(rows, FIELDS, entity="session", **options)
+
+
+def issues(result: pa.Table) -> list[list[dict[str, str]] | None]:
+    return [None if v is None else orjson.loads(v) for v in result[INGEST_ISSUES].to_pylist()]
+
+
+def test_plain_rows_become_an_all_text_table_with_every_documented_column() -> None:
+    result = table([{"id": "1", "start": "2025-03-01 09:00"}, {"id": "2", "name": "Ann"}])
+    assert result.column_names == [*FIELDS, INGEST_ISSUES, ROW_HASH]
+    assert all(field.type == pa.string() for field in result.schema)
+    assert result.select(FIELDS).to_pylist() == [
+        {"id": "1", "start": "2025-03-01 09:00", "name": None},
+        {"id": "2", "start": None, "name": "Ann"},
+    ]
+    assert issues(result) == [None, None]
+    assert result.schema.field(ROW_HASH).nullable is False
+
+
+def test_unknown_fields_become_extra_columns() -> None:
+    result = table([{"id": "1", "room": "B"}, {"id": "2", "colour": "red"}])
+    assert result.column_names == [*FIELDS, "room", "colour", INGEST_ISSUES, ROW_HASH]
+    assert result["room"].to_pylist() == ["B", None]
+    assert result["colour"].to_pylist() == [None, "red"]
+
+
+def test_a_row_that_is_not_an_object_is_kept_as_an_issue_row() -> None:
+    result = table([{"id": "1"}, "oops", 5, None])
+    assert result.num_rows == 4
+    assert result["id"].to_pylist() == ["1", None, None, None]
+    assert issues(result) == [
+        None,
+        [{"field": "", "value": "oops", "problem": "session is not a JSON object"}],
+        [{"field": "", "value": "5", "problem": "session is not a JSON object"}],
+        [{"field": "", "value": "", "problem": "session is not a JSON object"}],
+    ]
+
+
+ODD = {"id": 12, "start": 1.5, "name": True, "tags": [1, 2], "meta": {"b": 1, "a": None}}
+ODD_AS_TEXT = {
+    "id": "12",
+    "start": "1.5",
+    "name": "true",
+    "tags": "[1,2]",
+    "meta": '{"a":null,"b":1}',
+}
+
+
+def test_values_that_are_not_text_are_converted_and_reported_where_text_was_promised() -> None:
+    result = table([ODD, {"id": "2"}])
+    assert result.select(list(ODD_AS_TEXT)).to_pylist()[0] == ODD_AS_TEXT
+    assert issues(result) == [
+        [
+            {"field": "id", "value": "12", "problem": "arrived as a number, not as text"},
+            {"field": "start", "value": "1.5", "problem": "arrived as a number, not as text"},
+            {"field": "name", "value": "true", "problem": "arrived as a boolean, not as text"},
+            {"field": "tags", "value": "[1,2]", "problem": "arrived as an array, not as text"},
+            {
+                "field": "meta",
+                "value": '{"a":null,"b":1}',
+                "problem": "arrived as an object, not as text",
+            },
+        ],
+        None,
+    ]
+
+
+def test_values_that_are_not_text_are_converted_silently_for_vendors_that_send_json_types() -> None:
+    result = table([ODD], expect_text=False)
+    assert result.select(list(ODD_AS_TEXT)).to_pylist() == [ODD_AS_TEXT]
+    assert issues(result) == [None]
+
+
+def test_a_missing_required_field_is_reported_but_an_explicit_null_is_not() -> None:
+    result = table(
+        [{"id": "1"}, {"id": "2", "start": None}, {"start": "x"}], required=["id", "start"]
+    )
+    assert issues(result) == [
+        [{"field": "start", "value": "", "problem": "missing from the record"}],
+        None,
+        [{"field": "id", "value": "", "problem": "missing from the record"}],
+    ]
+
+
+def test_a_long_value_loads_in_full_and_is_reported_shortened() -> None:
+    long = "x" * (LONG_VALUE + 1)
+    result = table([{"id": "1", "name": long}, {"id": "2", "name": "x" * LONG_VALUE}])
+    assert result["name"].to_pylist() == [long, "x" * LONG_VALUE]
+    assert issues(result) == [
+        [
+            {
+                "field": "name",
+                "value": "x" * 200,
+                "problem": "unusually long value (100,001 characters), loaded in full",
+            }
+        ],
+        None,
+    ]
+
+
+def test_replaced_utf8_is_reported_only_when_the_body_had_some() -> None:
+    rows = [{"id": "1", "name": "Ren\ufffde"}]
+    assert issues(table(rows, check_replacement=True)) == [
+        [{"field": "name", "value": "Ren\ufffde", "problem": "invalid UTF-8 bytes were replaced"}]
+    ]
+    assert issues(table(rows)) == [None]
+
+
+def test_constants_fill_a_column_and_count_in_the_hash() -> None:
+    rows = [{"id": "1"}, {"id": "2"}]
+    berlin = table(rows, constants={"timezone": "Europe/Berlin"})
+    vienna = table(rows, constants={"timezone": "Europe/Vienna"})
+    assert berlin["timezone"].to_pylist() == ["Europe/Berlin", "Europe/Berlin"]
+    assert berlin.column_names.index("timezone") < berlin.column_names.index(INGEST_ISSUES)
+    hashes = berlin[ROW_HASH].to_pylist()
+    assert len(set(hashes)) == 2
+    assert set(hashes).isdisjoint(vienna[ROW_HASH].to_pylist())
+
+
+# --- row hashes -----------------------------------------------------------------------------
+
+
+def hashes(data: dict[str, list[str | None]], documented: list[str] = FIELDS) -> list[str]:
+    return row_hashes(
+        pa.table(data, schema=pa.schema([(n, pa.string()) for n in data])), documented
+    ).to_pylist()
+
+
+BASE = {"id": ["1", "2"], "start": ["a", None], "name": ["Ann", "Bo"]}
+
+
+def test_hash_ignores_column_order_and_how_the_row_was_read() -> None:
+    assert hashes(BASE) == hashes({name: BASE[name] for name in reversed(FIELDS)})
+    # the fast path (every value text) and the slow one (another row forced conversion)
+    fast = table([{"id": "1", "start": "a", "name": "Ann"}])
+    slow = table([{"name": "Ann", "start": "a", "id": "1"}, {"id": 2}], expect_text=False)
+    assert fast[ROW_HASH][0] == slow[ROW_HASH][0]
+    # a documented column absent from the page is the same as one that is all null
+    assert hashes({"id": ["1"], "start": [None], "name": ["Ann"]}) == hashes(
+        {"id": ["1"], "name": ["Ann"]}
+    )
+
+
+@pytest.mark.parametrize("column", FIELDS)
+@pytest.mark.parametrize("value", ["changed", "", None])
+def test_a_change_in_any_documented_column_changes_only_that_rows_hash(
+    column: str, value: str | None
+) -> None:
+    changed = {name: list(values) for name, values in BASE.items()}
+    changed[column][0] = value
+    before, after = hashes(BASE), hashes(changed)
+    assert before[0] != after[0]
+    assert before[1] == after[1]
+
+
+def test_a_value_moving_to_the_next_column_changes_the_hash() -> None:
+    assert hashes({"id": ["1"], "start": ["ab"], "name": [""]}) != hashes(
+        {"id": ["1"], "start": ["a"], "name": ["b"]}
+    )
+
+
+def test_an_extra_column_with_a_value_changes_the_hash() -> None:
+    assert hashes({**BASE, "room": ["B", "C"]}) != hashes(BASE)
+    assert hashes({**BASE, "room": ["B", "C"]}) != hashes({**BASE, "colour": ["B", "C"]})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rows.py bug: a null extra value joins as '\\x1f\\x00', so a row's hash depends on "
+    "whether another row of its page carried that field (spurious scd2 versions)",
+)
+def test_an_all_null_extra_column_does_not_change_the_hash() -> None:
+    assert hashes({**BASE, "room": [None, None]}) == hashes(BASE)
