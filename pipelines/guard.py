@@ -81,14 +81,17 @@ class DeletionGuard:
     def tombstones(self, ids: pa.Array) -> Iterator[pa.Table]:
         """Rows that retire the current version of each id (never stored themselves)."""
         if len(ids):
-            hashes = pc.binary_join_element_wise(VANISHED, ids.cast(pa.string()), ":")
-            yield pa.table(
-                {
-                    self.key: ids.cast(pa.string()),
-                    VANISHED: pa.array([True] * len(ids), pa.bool_()),
-                    ROW_HASH: hashes,
-                }
+            ids = ids.cast(pa.string())
+            schema = pa.schema(
+                [
+                    pa.field(self.key, pa.string()),
+                    pa.field(VANISHED, pa.bool_()),
+                    pa.field(ROW_HASH, pa.string(), nullable=False),  # as rows_to_table has it
+                ]
             )
+            hashes = pc.binary_join_element_wise(VANISHED, ids, ":")
+            flags = pa.array([True] * len(ids), pa.bool_())
+            yield pa.Table.from_arrays([ids, flags, hashes], schema=schema)
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

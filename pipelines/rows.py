@@ -55,10 +55,14 @@ def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
     extras = sorted(set(table.column_names) - set(documented))
     parts = [table[name] if name in table.column_names else None for name in documented]
     parts = [p if p is not None else pa.nulls(table.num_rows, pa.string()) for p in parts]
-    parts += [pc.binary_join_element_wise(f"{name}\x1e", table[name], "") for name in extras]
     joined = pc.binary_join_element_wise(
         *parts, "\x1f", null_handling="replace", null_replacement="\x00"
     )
+    # an undocumented field adds `\x1fname\x1evalue` only where the row has it, so a row hashes
+    # the same whether or not another row of its page carried that field
+    for name in extras:
+        tagged = pc.binary_join_element_wise(f"\x1f{name}\x1e", table[name], "")
+        joined = pc.binary_join_element_wise(joined, pc.fill_null(tagged, ""), "")
     blake = hashlib.blake2b
     return pa.array(
         [

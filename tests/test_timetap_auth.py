@@ -174,11 +174,16 @@ def test_an_outage_while_confirming_a_retired_package_writes_no_tombstone(
     assert current_package(job, retired["packageId"]) == [("true", retired["packageName"])]
 
     # once TimeTap answers again the package is retired with its data, not as a bare id; one
-    # that TimeTap no longer knows at all (404) is still retired, as a bare id
+    # that TimeTap no longer knows at all (404) is retired: its last version is closed
     gone = sim.timetap.active_packages()[0]
     sim.timetap.retire_package(gone["packageId"])
     sim.add_fault(Fault(path=rf"/package/{gone['packageId']}$", kind="500", status=404))
     report, code = run(job)
     assert code == ExitCode.OK, report.render()
     assert current_package(job, retired["packageId"]) == [("false", retired["packageName"])]
-    assert current_package(job, gone["packageId"]) == [("false", None)]
+    assert current_package(job, gone["packageId"]) == []
+    closed = Env({}, job.database).query(
+        "select count(*) from timetap.packages where package_id = ? and _dlt_valid_to is not null",
+        [str(gone["packageId"])],
+    )
+    assert closed == [(1,)]
