@@ -1,4 +1,4 @@
-"""`practice-sync run | transform | demo`: argument parsing and messages only.
+"""`practice-sync run | transform | sql | demo`: argument parsing and messages only.
 
 A scheduler reads the exit code and a person reads one sentence; a traceback is shown only with
 `--debug`, because nobody can act on one at 3 a.m.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -17,47 +18,81 @@ from pathlib import Path
 
 from practice_sync import interrupt
 from practice_sync.errors import ConfigError, ExitCode, find_cause, is_expected
-from practice_sync.pipeline import SOURCES, Job, database_from_config, run, transform
 from practice_sync.report import RunReport
 
+SOURCE_NAMES = ("bizstim", "timetap")
 DEMO_QUERY = (
     "select status, count(*) as sessions, min(start_utc) as first_utc, max(start_utc) as last_utc "
     "from analytics.sessions group by status order by sessions desc"
 )
+DATABASE_HELP = "DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (`practice-sync run --debug` works)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
+    common.add_argument(
+        "--config-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the folder holding config.toml and secrets.toml (default: ./.dlt); relative "
+        "warehouse paths in it are read from its parent folder",
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _common()
     parser = argparse.ArgumentParser(
         prog="practice-sync",
         description="Load Bizstim and TimeTap booking data into DuckDB and build `analytics`.",
+        parents=[common],
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run_cmd = commands.add_parser("run", help="load every configured source, then transform")
+    run_cmd = commands.add_parser(
+        "run", parents=[common], help="load every configured source, then transform"
+    )
     run_cmd.add_argument(
-        "--source", choices=sorted(SOURCES), action="append", help="only this source (repeatable)"
+        "--source", choices=SOURCE_NAMES, action="append", help="only this source (repeatable)"
     )
     run_cmd.add_argument(
         "--allow-deletions",
         action="store_true",
         help="retire records that vanished upstream even when unusually many did",
     )
-    run_cmd.add_argument(
-        "--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
-    )
+    run_cmd.add_argument("--database", help=DATABASE_HELP)
     run_cmd.add_argument("--quiet", action="store_true", help="no progress lines")
-
-    transform_cmd = commands.add_parser("transform", help="rebuild analytics from loaded data")
-    transform_cmd.add_argument(
-        "--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)"
+    run_cmd.add_argument(
+        "--wait-for-lock",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long (e.g. 30s, 10m, 1h) for another run to release the warehouse",
     )
 
-    sql = commands.add_parser("sql", help="run one read-only query and print the result")
-    sql.add_argument("query", help='e.g. "select count(*) from analytics.sessions"')
-    sql.add_argument("--database", help="DuckDB file (default: DESTINATION__DUCKDB__CREDENTIALS)")
+    transform_cmd = commands.add_parser(
+        "transform", parents=[common], help="rebuild analytics from loaded data"
+    )
+    transform_cmd.add_argument("--database", help=DATABASE_HELP)
 
-    demo = commands.add_parser("demo", help="load the built-in simulator into a local DuckDB file")
+    sql = commands.add_parser(
+        "sql", parents=[common], help="run one read-only query on the serving file, print it"
+    )
+    sql.add_argument("query", help='e.g. "select count(*) from analytics.sessions"')
+    sql.add_argument(
+        "--database", help="a DuckDB file to query (default: the warehouse's serving file)"
+    )
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="load the built-in simulator into a local DuckDB file"
+    )
     demo.add_argument(
         "--dir", default="demo", help="where the demo warehouse goes (default: ./demo)"
     )
@@ -70,8 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(text: str) -> float:
+    """`90`, `30s`, `10m`, `1h` as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _use_config_dir(folder: str) -> None:
+    """Point dlt at another settings folder before it is imported (cron runs without `cd`)."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--config-dir {folder}: there is no such folder.")
+    os.environ["DLT_PROJECT_DIR"] = str(path.parent)
+    os.environ["DLT_CONFIG_FOLDER"] = path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="practice-sync: %(message)s",
@@ -120,21 +173,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "config_dir", None):
+        _use_config_dir(args.config_dir)
+    # imported here, after --config-dir: dlt reads the settings folder's name when imported
+    from practice_sync import config_check
+    from practice_sync.pipeline import Job, database_from_config, run, transform
+
+    if args.command == "demo":
+        return _demo(args)
+    config_check.check()
     if args.command == "run":
         job = Job(
             database=database_from_config(args.database),
             sources=args.source,
             allow_deletions=args.allow_deletions,
             show_progress=not args.quiet,
+            wait_for_lock=args.wait_for_lock,
         )
         report, code = run(job)
         return _finish(report, code)
     if args.command == "transform":
         report, code = transform(database_from_config(args.database))
         return _finish(report, code)
-    if args.command == "sql":
-        return _sql(database_from_config(args.database), args.query)
-    return _demo(args)
+    return _sql(_sql_target(args.database), args.query)
+
+
+def _sql_target(explicit: str | None) -> Path:
+    """The file `sql` reads: the one named, or the serving file of the configured warehouse."""
+    from practice_sync.serve import serve_path
+    from practice_sync.warehouse import database_from_config
+
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    return serve_path(database_from_config())
 
 
 def _finish(report: RunReport, code: ExitCode) -> int:
@@ -150,7 +221,9 @@ def _sql(database: Path, query: str) -> int:
     import duckdb
 
     if not database.exists():
-        raise ConfigError(f"There is no warehouse at {database}: run `practice-sync run` first.")
+        raise ConfigError(
+            f"There is no warehouse file at {database}: run `practice-sync run` first."
+        )
     try:
         with duckdb.connect(str(database), read_only=True) as con:
             con.sql(query).show(max_width=160)
@@ -162,12 +235,15 @@ def _sql(database: Path, query: str) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Start the simulator on a loopback port and run the real job against it, from scratch."""
+    from practice_sync.pipeline import Job, run
+    from practice_sync.serve import serve_path
     from practice_sync.simulator import Simulator
 
     target = Path(args.dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
     database = target / "practice_sync_demo.duckdb"
-    for old in (database, database.with_name(database.name + ".wal")):
+    serving = serve_path(database)
+    for old in (database, database.with_name(database.name + ".wal"), serving):
         old.unlink(missing_ok=True)
     shutil.rmtree(Job(database=database).pipelines_dir, ignore_errors=True)
     print(
@@ -189,17 +265,18 @@ def _demo(args: argparse.Namespace) -> int:
     if code != ExitCode.OK:
         return _finish(report, code)
     print(report.render())
-    _print_next_steps(database, report)
+    _print_next_steps(database, serving, report)
     return 0
 
 
-def _print_next_steps(database: Path, report: RunReport) -> None:
+def _print_next_steps(database: Path, serving: Path, report: RunReport) -> None:
     print(f"\nWarehouse: {database}")
+    print(f"Serving file for analysts and BI tools (read-only): {serving}")
     print("Tables: " + ", ".join(f"analytics.{name}" for name in sorted(report.analytics)))
-    print("\nA query to try (or open the file with any DuckDB client):")
-    shown = os.path.relpath(database) if database.is_relative_to(Path.cwd()) else database
+    print("\nA query to try (or open the serving file with any DuckDB client):")
+    shown = os.path.relpath(serving) if serving.is_relative_to(Path.cwd()) else serving
     print(f'  .venv/bin/practice-sync sql --database {shown} "{DEMO_QUERY}"\n')
-    _sql(database, DEMO_QUERY)
+    _sql(serving, DEMO_QUERY)
 
 
 if __name__ == "__main__":

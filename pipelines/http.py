@@ -192,6 +192,7 @@ class HttpClient:
         self.concurrency = concurrency
         self.policy = policy
         self.stats = stats or HttpStats()
+        self._answered = False  # has any request reached a real endpoint yet?
         self._retrying = policy.retrying(before=self._count_retry, before_sleep=self._log_retry)
         self.session = requests.Session()
         # the environment's proxy and CA settings are read once here rather than on every call
@@ -280,6 +281,13 @@ class HttpClient:
                 f"{self.names.title} rejected the credentials (HTTP {status}): "
                 f"check {self.names.setting('api_key')}."
             )
+        if status == 404 and not self._answered:
+            # the very first call is not found: the base URL is wrong, not the data
+            raise ConfigError(
+                f"{self.names.title} answered HTTP 404 (not found) at "
+                f"{self.base_url + path.split('?', 1)[0]}: check {self.names.setting('base_url')}."
+            )
+        self._answered = True
         if status == 404:
             raise NotFound(
                 f"{self.names.title} has no {_endpoint(path)} endpoint at {self.host} "

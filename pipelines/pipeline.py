@@ -92,6 +92,7 @@ class Job:
     allow_deletions: bool = False
     show_progress: bool = True
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> kwargs
+    wait_for_lock: float = 0.0  # seconds to wait for another run to release the warehouse
 
     @property
     def pipelines_dir(self) -> Path:
@@ -105,7 +106,11 @@ duckdb_config = warehouse.duckdb_config
 
 
 def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
-    """Each source to consider with the reason it is skipped (None: it runs)."""
+    """Each source to consider with the reason it is skipped (None: it runs).
+
+    A source without credentials is skipped only if it never loaded into this warehouse: one
+    that did and now has none (a typo in a renamed setting, say) fails the run instead.
+    """
     chosen = list(job.sources) if job.sources else list(SOURCES)
     out: list[tuple[SourceSpec, str | None]] = []
     for name in chosen:
@@ -116,11 +121,19 @@ def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
             for key in spec.secrets
             if not given.get(key) and not dlt.secrets.get(f"sources.{name}.{key}")
         ]
+        settings = ", ".join(
+            f"sources.{name}.{k} (SOURCES__{name.upper()}__{k.upper()})" for k in missing
+        )
         if missing and job.sources:
-            settings = ", ".join(
-                f"sources.{name}.{k} (SOURCES__{name.upper()}__{k.upper()})" for k in missing
+            raise ConfigError(
+                f"{spec.title} was asked for but has no credentials: set {settings} "
+                f"({_settings_read()})."
             )
-            raise ConfigError(f"{spec.title} was asked for but has no credentials: set {settings}.")
+        if missing and warehouse.has_dataset(job.database, name):
+            raise ConfigError(
+                f"{spec.title} has loaded into {job.database} before but has no credentials now: "
+                f"set {settings} ({_settings_read()})."
+            )
         reason = (
             f"no credentials: set SOURCES__{name.upper()}__{missing[0].upper()}"
             if missing
@@ -130,16 +143,25 @@ def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
     if all(reason for _, reason in out):
         raise ConfigError(
             "No source has credentials: set SOURCES__BIZSTIM__API_KEY, or SOURCES__TIMETAP__API_KEY "
-            "and SOURCES__TIMETAP__PRIVATE_KEY (or fill .dlt/secrets.toml)."
+            f"and SOURCES__TIMETAP__PRIVATE_KEY, or fill secrets.toml ({_settings_read()})."
         )
     return out
 
 
+def _settings_read() -> str:
+    """Which settings files this run read, for messages about missing settings."""
+    _, read = dlt_glue.toml_documents()
+    folder = dlt_glue.settings_dir()
+    if not read:
+        return f"no config.toml or secrets.toml found in {folder}; --config-dir names another"
+    return "read " + ", ".join(read)
+
+
 def run(job: Job) -> tuple[RunReport, ExitCode]:
     """Load every configured source, then rebuild the analytics schema."""
-    report = RunReport()
+    report = RunReport(database=job.database)
     warehouse.check_writable(job.database)
-    with warehouse.lock(job.database):
+    with warehouse.lock(job.database, wait=job.wait_for_lock):
         codes: list[ExitCode] = []
         for spec, skipped in configured_sources(job):
             source_report = SourceReport(spec.name)
@@ -156,7 +178,7 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
                 codes.append(ExitCode.DELETIONS_WITHHELD)
         try:
             _transform_into(job.database, report)
-        except TransformFailed as exc:
+        except (TransformFailed, LoadFailed) as exc:
             report.transform_error = str(exc)
             codes.append(exc.exit_code)
     report.finished = time.monotonic()
@@ -165,7 +187,7 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
 
 def transform(database: Path) -> tuple[RunReport, ExitCode]:
     """Rebuild analytics from the raw data already loaded, without calling any API."""
-    report = RunReport()
+    report = RunReport(database=database)
     warehouse.check_writable(database)
     if not database.exists():
         raise ConfigError(
@@ -176,7 +198,7 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
     with warehouse.lock(database):
         try:
             _transform_into(database, report)
-        except TransformFailed as exc:
+        except (TransformFailed, LoadFailed) as exc:
             report.transform_error = str(exc)
             code = exc.exit_code
     report.finished = time.monotonic()
@@ -256,21 +278,27 @@ def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | 
 
 
 def _transform_into(database: Path, report: RunReport) -> None:
+    """Rebuild `analytics` in one transaction, then publish it to the serving file."""
+    from practice_sync.serve import publish, serve_path
     from practice_sync.transform import TransformOrderError, run_transforms
 
     if not database.exists():
         return
-    try:
-        config = warehouse.duckdb_config()
-        connection = contextlib.closing(duckdb.connect(str(database), config=config))
-        with connection as con, phase(report.phases, "transforms"):
-            report.analytics = run_transforms(con)
-            if "data_issues" in report.analytics:
-                report.data_issues = report.analytics["data_issues"]
-    except (duckdb.Error, TransformOrderError) as exc:
-        raise TransformFailed(
-            f"The analytics tables could not be rebuilt and were kept as they were ({first_line(exc)})."
-        ) from exc
+    target = serve_path(database)
+    connection = contextlib.closing(duckdb.connect(str(database), config=duckdb_config()))
+    with connection as con:
+        try:
+            with phase(report.phases, "transforms"):
+                report.analytics = run_transforms(con)
+        except (duckdb.Error, TransformOrderError) as exc:
+            raise TransformFailed(
+                "The analytics tables could not be rebuilt and were kept as they were "
+                f"({first_line(exc)})."
+            ) from exc
+        report.data_issues = report.analytics.get("data_issues", report.data_issues)
+        with phase(report.phases, "publish"):
+            publish(con, target)
+        report.serving = target
 
 
 def first_line(exc: BaseException) -> str:

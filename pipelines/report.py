@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from practice_sync.http import HttpStats
@@ -61,6 +62,8 @@ class SourceReport:
 
 @dataclass
 class RunReport:
+    database: Path | None = None  # the warehouse file, always named in the summary
+    serving: Path | None = None  # the serving file published this run
     sources: list[SourceReport] = field(default_factory=list)
     analytics: dict[str, int] = field(default_factory=dict)
     data_issues: int | None = None
@@ -113,6 +116,10 @@ class RunReport:
             lines.append(f"analytics: {tables}")
         if self.data_issues is not None:
             lines.append(f"data issues: {self.data_issues:,} (see analytics.data_issues)")
+        if self.database is not None:
+            lines.append(f"warehouse: {self.database}")
+        if self.serving is not None:
+            lines.append(f"serving file (for readers): {self.serving}")
         lines.append(f"time: {self.seconds:,.1f} s")
         return "\n".join(lines)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import dlt
 import duckdb
 import pyarrow as pa
 
+from practice_sync import interrupt
 from practice_sync.errors import ConfigError, LoadFailed, WarehouseLocked
 from practice_sync.report import TableChange
 
@@ -27,8 +29,12 @@ SETTING = "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS)"
 
 
 def database_from_config(explicit: str | None = None) -> Path:
-    """The DuckDB file from `--database`, DESTINATION__DUCKDB__CREDENTIALS or `.dlt/config.toml`."""
-    value = explicit or dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
+    """The DuckDB file from `--database` (relative to the current folder), or from
+    DESTINATION__DUCKDB__CREDENTIALS / `.dlt/config.toml` (relative to the project folder, the
+    parent of `--config-dir`, so cron finds the same file from any folder)."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    value = dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
     if not isinstance(value, str):
         raise ConfigError(f"{SETTING} must be a file path.")
     if value.startswith("duckdb:///"):
@@ -37,7 +43,8 @@ def database_from_config(explicit: str | None = None) -> Path:
         raise ConfigError(
             f"{SETTING} must be a file, not :memory:, or the warehouse is gone when the run ends."
         )
-    return Path(value).expanduser().resolve()
+    base = Path(os.environ.get("DLT_PROJECT_DIR") or ".")
+    return (base / Path(value).expanduser()).resolve()
 
 
 def duckdb_config() -> dict[str, str]:
@@ -50,7 +57,9 @@ def duckdb_config() -> dict[str, str]:
 def check_writable(database: Path) -> None:
     where = database.parent
     problem = None
-    if not where.is_dir():
+    if database.is_dir():
+        problem = f"{database} is a folder, not a file"
+    elif not where.is_dir():
         problem = f"folder {where} does not exist"
     elif not os.access(where, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
         problem = f"{database} is not writable"
@@ -72,18 +81,25 @@ def _check_not_held(database: Path) -> None:
 
 
 @contextlib.contextmanager
-def lock(database: Path) -> Iterator[None]:
-    """One run per warehouse: a second one is refused instead of racing the first's state."""
+def lock(database: Path, wait: float = 0.0) -> Iterator[None]:
+    """One run per warehouse: a second one waits up to `wait` seconds, then is refused
+    instead of racing the first's state."""
     lock_path = database.with_name(database.name + ".lock")
     handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise WarehouseLocked(
-            f"Another practice-sync run is using {database}; this run changed nothing "
-            "(the lock frees itself when that run ends)."
-        ) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                waited = f" after waiting {wait:g} s" if wait else ""
+                raise WarehouseLocked(
+                    f"Another practice-sync run is using {database}; this run changed nothing"
+                    f"{waited} (the lock frees itself when that run ends; --wait-for-lock waits)."
+                ) from None
+            interrupt.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
     try:
         _check_not_held(database)  # after the lock: our own other run is reported as such
         yield
@@ -103,6 +119,19 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
         [schema, table],
     ).fetchall()
     return bool(row[0][0])
+
+
+def has_dataset(database: Path, dataset: str) -> bool:
+    """Whether a source has ever loaded into this warehouse (its dataset has tables)."""
+    if not database.exists() or database.is_dir():
+        return False
+    with _read_only(database) as con:
+        rows = con.execute(
+            "select count(*) from duckdb_tables() where schema_name = ? "
+            "and not starts_with(table_name, '_dlt')",
+            [dataset],
+        ).fetchall()
+    return bool(rows[0][0])
 
 
 def _read_only(database: Path) -> contextlib.closing[duckdb.DuckDBPyConnection]:

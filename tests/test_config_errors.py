@@ -76,8 +76,13 @@ def test_wrong_base_url_path(loaded: Env, sim: Simulator) -> None:
     before = snapshot(loaded)
     loaded.vars["SOURCES__BIZSTIM__BASE_URL"] = sim.url + "/not-bizstim"
     result = loaded.run("run", "--source", "bizstim")
-    assert result.code == 4
+    assert result.code == 2  # a setting to fix, not an outage that retries tomorrow
     assert "SOURCES__BIZSTIM__BASE_URL" in result.stdout
+    assert_one_sentence(
+        result.stderr,
+        f"Bizstim answered HTTP 404 (not found) at {sim.url}/not-bizstim/sessions/0/1000",
+        "SOURCES__BIZSTIM__BASE_URL",
+    )
     assert snapshot(loaded) == before
 
 

@@ -275,8 +275,9 @@ def test_rejected_credentials_are_not_retried(slept: list[float], status: int) -
 
 
 def test_not_found_is_not_retried_and_names_the_endpoint(slept: list[float]) -> None:
-    http, session = client(response(404, b'{"error": "Not found"}'), response(200))
-    with pytest.raises(NotFound) as caught:
+    http, session = client(response(200), response(404, b'{"error": "Not found"}'), response(200))
+    http.get("/package", ok)  # the base URL reaches the API ...
+    with pytest.raises(NotFound) as caught:  # ... so a later 404 is about the record
         http.get("/package/4711", ok)
     assert str(caught.value) == (
         "Bizstim has no /package endpoint at api.example.test (HTTP 404): "
@@ -285,6 +286,18 @@ def test_not_found_is_not_retried_and_names_the_endpoint(slept: list[float]) -> 
     assert caught.value.endpoint == "/package"
     assert caught.value.exit_code == ExitCode.SOURCE_FAILED
     assert not isinstance(caught.value, RetriesExhausted)
+    assert len(session.urls) == 2 and slept == []
+
+
+def test_not_found_on_the_first_call_is_a_wrong_base_url(slept: list[float]) -> None:
+    http, session = client(response(404, b'{"error": "Not found"}'), response(200))
+    with pytest.raises(ConfigError) as caught:
+        http.get("/sessions/0/1000?x=1", ok)
+    assert str(caught.value) == (
+        "Bizstim answered HTTP 404 (not found) at https://api.example.test/v1/sessions/0/1000: "
+        "check sources.bizstim.base_url (SOURCES__BIZSTIM__BASE_URL)."
+    )
+    assert caught.value.exit_code == ExitCode.USAGE
     assert len(session.urls) == 1 and slept == []
 
 
