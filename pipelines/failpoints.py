@@ -1,22 +1,35 @@
-"""Named points where a test can make the process die as if killed (`SIGKILL`), for real.
+"""Named points where a test can make a run die as if killed (`SIGKILL`), or hold still there
+until a signal arrives, for real.
 
-Crash recovery can only be proven by crashing: `PRACTICE_SYNC_FAILPOINT=after-extract` makes a
-run kill itself right there. Unset (always, in production) this is one dict lookup.
+Crash and interruption recovery can only be proven by crashing and interrupting:
+`PRACTICE_SYNC_FAILPOINT=after-extract` makes a run kill itself right there;
+`PRACTICE_SYNC_PAUSEPOINT=after-extract` makes it create the file named by
+`PRACTICE_SYNC_PAUSEFILE` and wait there (signal-aware) for up to two minutes. Unset (always, in
+production) each is one dict lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
+
+from practice_sync import interrupt
 
 ENV = "PRACTICE_SYNC_FAILPOINT"
+PAUSE_ENV = "PRACTICE_SYNC_PAUSEPOINT"
+PAUSE_FILE_ENV = "PRACTICE_SYNC_PAUSEFILE"
 POINTS = ("mid-extract", "after-extract", "after-normalize", "mid-load", "mid-transform")
+PAUSE_SECONDS = 120.0
 
 
 def armed(name: str) -> bool:
-    return os.environ.get(ENV) == name
+    return os.environ.get(ENV) == name or os.environ.get(PAUSE_ENV) == name
 
 
 def failpoint(name: str) -> None:
-    if armed(name):
+    if os.environ.get(ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(PAUSE_ENV) == name:
+        Path(os.environ[PAUSE_FILE_ENV]).touch()
+        interrupt.sleep(PAUSE_SECONDS)

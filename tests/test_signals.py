@@ -126,3 +126,42 @@ def test_results_and_errors_of_the_job_reach_the_caller() -> None:
     with pytest.raises(ValueError, match="boom"):
         interrupt.run_in_foreground(lambda: (_ for _ in ()).throw(ValueError("boom")))
     interrupt.check()  # no stop pending once a job ends normally
+
+
+@pytest.mark.parametrize(
+    ("sig", "step"),
+    [
+        (signal.SIGTERM, "mid-extract"),
+        (signal.SIGINT, "after-extract"),
+        (signal.SIGTERM, "after-normalize"),
+        (signal.SIGINT, "mid-load"),
+        (signal.SIGTERM, "mid-transform"),
+    ],
+)
+def test_a_signal_at_any_step_exits_with_its_code_and_the_next_run_recovers(
+    sim: Simulator, env: Env, tmp_path, sig: int, step: str
+) -> None:
+    assert env.run("run").code == 0
+    sim.bizstim.night_of_changes(edit=0.05, delete=0.01, new=0.03, seed=11)
+    paused = tmp_path / "paused"
+    env.vars.update(
+        SOURCES__BIZSTIM__PAGE_SIZE="100",
+        PRACTICE_SYNC_PAUSEPOINT=step,
+        PRACTICE_SYNC_PAUSEFILE=str(paused),
+    )
+    process = env.start("run", capture=True)
+    deadline = time.monotonic() + 120
+    while not paused.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=15)
+    assert process.returncode == 128 + sig, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"practice-sync: interrupted ({signal.Signals(sig).name}): the warehouse keeps its last "
+        "complete state; the next run picks up."
+    )
+    del env.vars["PRACTICE_SYNC_PAUSEPOINT"]
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    assert_warehouse_equals_upstream(env, sim)
