@@ -47,9 +47,18 @@ def columns(key: str) -> dict[str, dict[str, Any]]:
     }
 
 
+@dataclass(frozen=True)
+class Review:
+    """What a complete sweep says about one table's current records."""
+
+    held: int  # current records in the warehouse
+    seen: int  # records in this sweep
+    vanished: pa.Array  # ids held as current that the sweep did not see
+
+
 @dataclass
 class DeletionGuard:
-    """Decides, after a complete sweep, which vanished records of one table may be retired."""
+    """Decides, after a complete sweep, whether the vanished records of one table may retire."""
 
     source: str  # dlt source name, which is also the dataset ("bizstim")
     title: str  # how the user knows the vendor ("Bizstim")
@@ -61,27 +70,42 @@ class DeletionGuard:
     max_share: float = 0.2
     current_condition: str = "true"  # which current rows count (retired packages stay current)
 
-    def vanished(self, seen: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """Ids the warehouse holds as current that this sweep did not see, or none at all when
-        too many vanished without confirmation (the run then reports a withheld deletion)."""
+    def review(self, seen: pa.Array | pa.ChunkedArray, spare: str = "false") -> Review:
+        """Compare the ids of a complete sweep with the warehouse's current ones; rows matching
+        the SQL condition `spare` (a client whose list could not be read, say) never vanish."""
         run = context.current(self.source)
+        condition = f"({self.current_condition}) and not ({spare})"
         held = run.current(self.source, self.table, [self.key], self.current_condition)[self.key]
-        held = pc.drop_null(held.combine_chunks() if held.num_chunks else pa.array([], pa.string()))
-        gone = held.filter(pc.invert(pc.is_in(held, value_set=_as_array(seen))))
-        if not len(gone) or run.allow_deletions or len(gone) <= self.max_share * len(held):
-            return gone
+        kept = run.current(self.source, self.table, [self.key], condition)[self.key]
+        seen_ids = _as_array(seen)
+        candidates = pc.drop_null(_as_array(kept))
+        gone = candidates.filter(pc.invert(pc.is_in(candidates, value_set=seen_ids)))
+        return Review(held=len(pc.drop_null(_as_array(held))), seen=len(seen_ids), vanished=gone)
+
+    def permit(self, review: Review, confirmed_gone: int | None = None) -> bool:
+        """Whether the vanished records may be retired: always when few vanished or a person
+        confirmed (`--allow-deletions`); otherwise none are, and the run says so (exit 3)."""
+        run = context.current(self.source)
+        count = len(review.vanished)
+        if not count or run.allow_deletions or count <= self.max_share * review.held:
+            return True
+        confirmed = (
+            f" (the API confirmed {confirmed_gone:,} of them gone)"
+            if confirmed_gone is not None
+            else ""
+        )
         run.report.withheld.append(
-            f"{self.title} lists {len(seen):,} {self.noun} but the warehouse holds "
-            f"{len(held):,}; {len(gone):,} vanished, more than {self.max_share:.0%}, so none "
-            f"were {self.retired_as} (re-run with --allow-deletions if they really were "
+            f"{self.title} lists {review.seen:,} {self.noun} but the warehouse holds "
+            f"{review.held:,}; {count:,} vanished{confirmed}, more than {self.max_share:.0%}, so "
+            f"none were {self.retired_as} (re-run with --allow-deletions if they really were "
             f"{self.gone_as})."
         )
-        return gone.slice(0, 0)
+        return False
 
-    def tombstones(self, ids: pa.Array) -> Iterator[pa.Table]:
+    def tombstones(self, ids: pa.Array | list[str]) -> Iterator[pa.Table]:
         """Rows that retire the current version of each id (never stored themselves)."""
         if len(ids):
-            ids = ids.cast(pa.string())
+            keys = pa.array(ids, pa.string()) if isinstance(ids, list) else ids.cast(pa.string())
             schema = pa.schema(
                 [
                     pa.field(self.key, pa.string()),
@@ -89,9 +113,16 @@ class DeletionGuard:
                     pa.field(ROW_HASH, pa.string(), nullable=False),  # as rows_to_table has it
                 ]
             )
-            hashes = pc.binary_join_element_wise(VANISHED, ids, ":")
-            flags = pa.array([True] * len(ids), pa.bool_())
-            yield pa.Table.from_arrays([ids, flags, hashes], schema=schema)
+            hashes = pc.binary_join_element_wise(VANISHED, keys, ":")
+            flags = pa.array([True] * len(keys), pa.bool_())
+            yield pa.Table.from_arrays([keys, flags, hashes], schema=schema)
+
+    @staticmethod
+    def placeholder(review: Review, empty: pa.Table) -> Iterator[pa.Table]:
+        """An empty table when there is nothing at all, so that dlt still creates the raw table
+        and every contract table of a configured source exists (empty) after the run."""
+        if review.held == 0 and review.seen == 0:
+            yield empty
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

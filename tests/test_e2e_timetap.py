@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import Env, make_env
 
-from practice_sync.simulator import Simulator
+from practice_sync.simulator import Fault, Simulator
 
 
 def active_package_ids(sim: Simulator) -> list[int]:
@@ -127,3 +127,56 @@ def test_configured_client_ids_limit_the_sweep(sim: Simulator, env: Env) -> None
         s["packageSoldId"] for s in sim.timetap.packages_sold() if s["client"]["clientId"] in chosen
     )
     assert [r[0] for r in loaded] == expected
+
+
+def test_a_client_whose_list_answers_404_is_that_clients_problem(sim: Simulator, env: Env) -> None:
+    assert env.run("run", "--source", "timetap").code == 0
+    sold = sim.timetap.packages_sold()
+    lost = next(s for s in sold if s["client"]["clientId"] == sold[0]["client"]["clientId"])
+    client_id = lost["client"]["clientId"]
+    before = env.query(
+        "select count(*) from analytics.packages_sold where client_id = ?", [client_id]
+    )
+    assert before[0][0] >= 1
+    sim.add_fault(Fault(rf"/packageSold/client/{client_id}$", "500", status=404))
+    other = next(s for s in sold if s["client"]["clientId"] != client_id)
+    sim.timetap.use_package(other["packageSoldId"])
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    assert "1 TimeTap clients answered 404" in result.stdout
+    # its sales were not retired on a 404's word; the others loaded
+    assert env.query(
+        "select count(*) from analytics.packages_sold where client_id = ?", [client_id]
+    ) == before
+    assert "timetap.packages_sold: 0 new, 1 changed, 0 retired" in result.stdout
+    assert env.query(
+        "select entity, record_id, problem from analytics.data_issues where entity = 'client'"
+    ) == [("client", str(client_id), "its packages sold answered HTTP 404 (not found)")]
+    # the next good night clears the report
+    assert env.run("run", "--source", "timetap").code == 0
+    assert env.query("select count(*) from analytics.data_issues where entity = 'client'") == [
+        (0,)
+    ]
+
+
+def test_a_business_with_no_packages_and_no_clients_has_empty_contract_tables(
+    tmp_path: Path,
+) -> None:
+    with Simulator(seed=3, sessions=0, clients=0, packages=0) as empty:
+        env = make_env(empty, tmp_path)
+        result = env.run("run")
+        assert result.code == 0, result.stderr
+        tables = {
+            r[0]: r[1]
+            for r in env.query(
+                "select table_name, estimated_size from duckdb_tables() where schema_name = 'analytics'"
+            )
+        }
+    for table in ("sessions", "session_history", "packages", "packages_sold", "data_issues"):
+        assert table in tables, sorted(tables)
+        assert env.query(f"select count(*) from analytics.{table}") == [(0,)]
+    columns = env.query(
+        "select count(*) from duckdb_columns() where schema_name = 'analytics' "
+        "and table_name = 'sessions'"
+    )
+    assert columns[0][0] > 30

@@ -146,3 +146,50 @@ def test_the_one_guard_for_every_resource(sim: Simulator, env: Env, resource: st
     confirmed = env.run("run", "--source", source, "--allow-deletions")
     assert confirmed.code == 0, confirmed.stderr
     assert env.query(count_sql) == [(upstream_count(sim),)]
+
+
+def test_a_session_dropped_by_a_listing_glitch_stays_current(sim: Simulator, env: Env) -> None:
+    assert env.run("run", "--source", "bizstim").code == 0
+    rows = sim.bizstim.rows()
+    glitched, deleted = rows[3], rows[4]
+    sim.bizstim.hide(glitched["id"])  # missing from /sessions, still answered by /session/{id}
+    sim.bizstim.delete(deleted["id"])  # really gone: /session/{id} answers 404
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert glitched["id"] in current_ids(env) and deleted["id"] not in current_ids(env)
+    assert "1 retired" in result.stdout
+    lookups = [p for _, p, _ in sim.request_log if "/session/" in p]
+    assert sorted(lookups) == sorted(
+        f"/bizstim/api/session/{r['id']}" for r in (glitched, deleted)
+    )
+
+
+def test_confirmations_per_run_are_bounded_and_the_rest_wait(sim: Simulator, env: Env) -> None:
+    env.vars["SOURCES__BIZSTIM__MAX_CONFIRMATIONS"] = "2"
+    assert env.run("run", "--source", "bizstim").code == 0
+    gone = [r["id"] for r in sim.bizstim.rows()[10:15]]
+    for session_id in gone:
+        sim.bizstim.delete(session_id)
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert "2 retired" in result.stdout
+    assert "3 vanished sessions beyond sources.bizstim.max_confirmations (2)" in result.stdout
+    assert len(set(gone) & current_ids(env)) == 3  # kept current until confirmed
+    assert env.run("run", "--source", "bizstim").code == 0
+    assert env.run("run", "--source", "bizstim").code == 0
+    assert set(gone) & current_ids(env) == set()
+
+
+def test_a_withheld_mass_deletion_says_how_many_were_confirmed_gone(
+    sim: Simulator, env: Env
+) -> None:
+    assert env.run("run", "--source", "bizstim").code == 0
+    rows = sim.bizstim.rows()
+    for row in rows[:100]:
+        sim.bizstim.delete(row["id"])  # really deleted
+    for row in rows[100:300]:
+        sim.bizstim.hide(row["id"])  # a listing glitch
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 3
+    assert "300 vanished (the API confirmed 100 of them gone)" in result.stderr
+    assert len(current_ids(env)) == len(rows)

@@ -4,7 +4,7 @@
 --
 -- analytics.data_issues: one row per problem found in a CURRENT raw record.
 --   source     VARCHAR  'bizstim' or 'timetap'
---   entity     VARCHAR  'session', 'package' or 'package_sold'
+--   entity     VARCHAR  'session', 'package', 'package_sold' or 'client' (a client whose list failed)
 --   record_id  VARCHAR  the record's id exactly as delivered (text, so a garbage id is still shown)
 --   field      VARCHAR  the raw field name ('session_date', 'cancel_clients', 'used_quantity', ...)
 --   value      VARCHAR  the raw value as delivered

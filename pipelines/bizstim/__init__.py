@@ -6,8 +6,11 @@ it is sent as the `x-api-key` header. Returns one resource, `sessions`, landing 
 `bizstim` with every value as delivered (text) plus the account `timezone` of its response.
 
 Bizstim has no modified-since filter, so every run sweeps all sessions and dlt's `scd2` merge
-writes only what changed: new versions for edited sessions; vanished sessions are retired by the
-deletion guard (`practice_sync.guard`) once the sweep is complete.
+writes only what changed. A session missing from the listing is looked up with
+`GET /session/{id}` (at most `max_confirmations` per run, concurrently): one that still answers
+was dropped by a listing glitch and stays current with the values it returned; only one that
+Bizstim confirms gone is retired, and only if the deletion guard (`practice_sync.guard`) permits.
+Vanished sessions beyond the bound stay current until a later run confirms them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from practice_sync import context, guard
 from practice_sync.http import HttpClient, RetryPolicy
 from practice_sync.rows import text_columns
 
-from .helpers import NAMES, read_sweep
+from .helpers import NAMES, confirm_vanished, empty_page, read_sweep
 from .settings import DEFAULT_BASE_URL, MAX_PAGE_SIZE, SESSION_FIELDS, TIMEZONE_COLUMN
 
 
@@ -34,6 +37,7 @@ def bizstim(
     page_size: int = MAX_PAGE_SIZE,
     parse_processes: int = 2,
     max_deletion_share: float = 0.2,
+    max_confirmations: int = 1000,
     max_attempts: int = 6,
     backoff_base: float = 0.5,
     backoff_cap: float = 30.0,
@@ -56,7 +60,8 @@ def bizstim(
     deletions = guard.DeletionGuard(
         "bizstim", "Bizstim", "sessions", "id", "sessions", max_share=max_deletion_share
     )
-    return sessions(client, min(max(page_size, 2), MAX_PAGE_SIZE), parse_processes, deletions)
+    size = min(max(page_size, 2), MAX_PAGE_SIZE)
+    return sessions(client, size, parse_processes, deletions, max(max_confirmations, 0))
 
 
 @dlt.resource(
@@ -65,11 +70,20 @@ def bizstim(
     columns={**text_columns((*SESSION_FIELDS, TIMEZONE_COLUMN)), **guard.columns("id")},
 )
 def sessions(
-    client: HttpClient, page_size: int, parse_processes: int, deletions: guard.DeletionGuard
+    client: HttpClient,
+    page_size: int,
+    parse_processes: int,
+    deletions: guard.DeletionGuard,
+    max_confirmations: int,
 ) -> Iterator[pa.Table]:
-    """Every session, read in one consistent sweep, then tombstones for the vanished ones."""
+    """Every session, read in one consistent sweep; then each vanished session is looked up by
+    id, and only those Bizstim confirms gone are retired (if the guard permits)."""
     try:
         ids = yield from read_sweep(client, page_size, max(parse_processes, 0))
-        yield from deletions.tombstones(deletions.vanished(ids))
+        review = deletions.review(ids)
+        yield from deletions.placeholder(review, empty_page())
+        gone = yield from confirm_vanished(client, review.vanished, max_confirmations)
+        if deletions.permit(review, confirmed_gone=len(gone)):
+            yield from deletions.tombstones(gone)
     finally:
         client.close()

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from practice_sync import context
-from practice_sync.errors import SweepInconsistent, find_cause
+from practice_sync.errors import NotFound, SourceUnavailable, SweepInconsistent, find_cause
 from practice_sync.failpoints import failpoint
 from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames, parse_json
 from practice_sync.report import Progress
@@ -236,3 +236,67 @@ def _to_page(start: int, response: JsonResponse) -> Page:
         for i, row in enumerate(rows)
     ]
     return Page(start, int(data["total"]), ids, table)
+
+
+def empty_page() -> pa.Table:
+    """A sweep's shape with no rows: lets dlt create the table for an account with none."""
+    return rows_to_table([], SESSION_FIELDS, entity="session", constants={TIMEZONE_COLUMN: None})
+
+
+def confirm_vanished(
+    client: HttpClient, vanished: pa.Array, limit: int
+) -> Generator[pa.Table, None, list[str]]:
+    """Look up each vanished session (at most `limit`), `concurrency` at a time; yield those that
+    still answer (a listing glitch dropped them) and return the ids Bizstim confirmed gone."""
+    ids = vanished.to_pylist()
+    todo, later = ids[:limit], len(ids) - min(len(ids), limit)
+    run = context.current("bizstim")
+    if later:
+        run.report.notes.append(
+            f"{later:,} vanished sessions beyond sources.bizstim.max_confirmations ({limit:,}) "
+            "stay current until a later run confirms them"
+        )
+    gone: list[str] = []
+    found: list[Any] = []
+    zones: set[str | None] = set()
+    for session_id, answer in client.map_ordered(lambda sid: (sid, _look_up(client, sid)), todo):
+        if answer is None:
+            gone.append(session_id)
+        elif answer is not _UNKNOWN:
+            found.append(answer["response"])
+            zones.add(answer.get(TIMEZONE_COLUMN))
+    unknown = len(todo) - len(gone) - len(found)
+    if unknown:
+        run.report.notes.append(
+            f"{unknown:,} vanished sessions could not be looked up and stay current"
+        )
+    if found:
+        zone = next(iter(zones)) if len(zones) == 1 else None
+        yield rows_to_table(
+            found, SESSION_FIELDS, entity="session", required=REQUIRED_FIELDS,
+            constants={TIMEZONE_COLUMN: zone if isinstance(zone, str) else None},
+        )  # fmt: skip
+    return gone
+
+
+_UNKNOWN: Any = object()
+
+
+def _look_up(client: HttpClient, session_id: str) -> Any:
+    """`GET /session/{id}`: its envelope if the session exists, None if Bizstim says it does not
+    (HTTP 404 or an empty answer), `_UNKNOWN` if Bizstim kept failing."""
+    try:
+        data = client.get_json(f"/session/{session_id}", check=_check_session).data
+    except NotFound:
+        return None
+    except SourceUnavailable:
+        return _UNKNOWN
+    row = data.get("response")
+    return data if isinstance(row, dict) and row.get("id") is not None else None
+
+
+def _check_session(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise BadBody("a body that is not a JSON object")
+    if data.get("status") == "failure" and data.get("response") not in (None, "", [], {}):
+        raise BadBody(f"status failure: {str(data.get('response'))[:120]}")

@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import Message
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -301,6 +301,7 @@ class Bizstim:
         self._timezone = timezone
         self._api_key = api_key
         self._pages: dict[tuple[int, int], bytes] = {}
+        self._hidden: dict[str, Any] = {}  # listing glitches: gone from /sessions only
         self._version = 0
         rnd = random.Random(seed)
         profiles = min(1024, max(64, sessions))
@@ -363,6 +364,16 @@ class Bizstim:
             row = _as_dict(self._rows[index])
             row.update(fields)
             self._rows[index] = row
+            self._invalidate()
+
+    def hide(self, session_id: str) -> None:
+        """A listing glitch: the session drops out of `/sessions` but `/session/{id}` still
+        answers it, as a live session does."""
+        with self._lock:
+            index = self._index(session_id)
+            self._hidden[str(session_id)] = self._rows[index]
+            del self._rows[index]
+            del self._ids[index]
             self._invalidate()
 
     def delete(self, session_id: str) -> None:
@@ -461,7 +472,9 @@ class Bizstim:
                     try:
                         row = self._rows[self._index(session_id)]
                     except KeyError:
-                        return self.error(404, "Session not found")
+                        if session_id not in self._hidden:
+                            return self.error(404, "Session not found")
+                        row = self._hidden[session_id]
                     zone = self._timezone
                 body = {"status": "success", "timezone": zone, "response": _as_dict(row)}
                 return json_reply(200, body)

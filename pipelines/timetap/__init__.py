@@ -34,8 +34,11 @@ from .helpers import (
     ClientList,
     TimeTapApi,
     client_list,
+    empty_sold,
+    fetch_problems,
     read_packages,
     read_packages_sold,
+    spare_clients,
 )
 from .settings import DEFAULT_BASE_URL
 
@@ -118,5 +121,9 @@ def packages_sold(
     clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard
 ) -> Iterator[pa.Table]:
     """Every client's packages sold, fetched concurrently, then tombstones for vanished ones."""
-    seen = yield from read_packages_sold(api, clients.ids)
-    yield from deletions.tombstones(deletions.vanished(seen))
+    sweep = yield from read_packages_sold(api, clients.ids)
+    review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients))
+    yield from deletions.placeholder(review, empty_sold())
+    if deletions.permit(review):
+        yield from deletions.tombstones(review.vanished)
+    yield fetch_problems(sweep.missing_clients)

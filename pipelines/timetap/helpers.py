@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import dlt
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from practice_sync import context, guard
 from practice_sync.errors import AuthRejected, NotFound, UnusableResponse
 from practice_sync.http import BadBody, HttpClient, SourceNames
 from practice_sync.report import Progress
-from practice_sync.rows import rows_to_table, text_columns
+from practice_sync.rows import ROW_HASH, rows_to_table, text_columns
 
 from .settings import CLIENT_BATCH, CLIENT_ID_COLUMN, PACKAGE_FIELDS, PACKAGE_SOLD_FIELDS
 
@@ -119,7 +121,7 @@ _MISSING = object()
 
 def read_packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[pa.Table]:
     """Listed packages whose modifiedDate differs from the warehouse's, then the vanished ones
-    (as far as the guard allows) as new inactive versions."""
+    (as far as the guard permits) as new inactive versions."""
     run = context.current("timetap")
     listed = [snake_row(row) for row in api.get("/package")]
     run.report.count("packages", len(listed))
@@ -131,18 +133,20 @@ def read_packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[p
         if known.get(_text(row.get("package_id")), _MISSING) != _text(row.get("modified_date"))
     ]
     listed_ids = pa.array([_text(row.get("package_id")) for row in listed], pa.string())
-    vanished = deletions.vanished(listed_ids).to_pylist()
+    review = deletions.review(listed_ids)
     gone: list[str] = []
-    for package_id in vanished:
-        found = _retired_package(api, package_id)
-        if found is None:
-            gone.append(package_id)
-        else:
-            changed.append(found)
+    if deletions.permit(review):
+        for package_id in review.vanished.to_pylist():
+            found = _retired_package(api, package_id)
+            if found is None:
+                gone.append(package_id)
+            else:
+                changed.append(found)
+    fields = [snake(f) for f in PACKAGE_FIELDS]
     if changed:
-        fields = [snake(f) for f in PACKAGE_FIELDS]
         yield rows_to_table(changed, fields, entity="package", expect_text=False)
-    yield from deletions.tombstones(pa.array(gone, pa.string()))
+    yield from deletions.placeholder(review, rows_to_table([], fields, entity="package"))
+    yield from deletions.tombstones(gone)
 
 
 def _retired_package(api: TimeTapApi, package_id: str) -> dict[str, Any] | None:
@@ -180,22 +184,38 @@ def client_list(api: TimeTapApi, configured: Sequence[int] | None) -> ClientList
     return ClientList(list(dict.fromkeys(ids)))
 
 
+@dataclass
+class SoldSweep:
+    """What a sweep of packages sold saw: the ids, and the clients whose list was not found."""
+
+    ids: pa.ChunkedArray
+    missing_clients: list[str]
+
+
 def read_packages_sold(
     api: TimeTapApi, client_ids: Sequence[str]
-) -> Generator[pa.Table, None, pa.ChunkedArray]:
+) -> Generator[pa.Table, None, SoldSweep]:
     """Yield the packages sold of every client, `CLIENT_BATCH` clients per Arrow table, fetched
-    `concurrency` at a time; return the ids seen."""
+    `concurrency` at a time. A client whose list answers 404 is that client's problem: the
+    others load, and it is returned so its earlier sales are not retired on a 404's word."""
     run = context.current("timetap")
     progress = Progress("TimeTap clients", len(client_ids)) if run.show_progress else None
 
-    def fetch(client_id: str) -> tuple[str, list[Any]]:
-        return client_id, api.get(f"/packageSold/client/{client_id}")
+    def fetch(client_id: str) -> tuple[str, list[Any] | None]:
+        try:
+            return client_id, api.get(f"/packageSold/client/{client_id}")
+        except NotFound:
+            return client_id, None
 
     seen: list[pa.Array] = []
+    missing: list[str] = []
     batch: list[Any] = []
     try:
         for done, (client_id, sold) in enumerate(api.client.map_ordered(fetch, client_ids), 1):
-            batch.extend(_with_client(row, client_id) for row in sold)
+            if sold is None:
+                missing.append(client_id)
+            else:
+                batch.extend(_with_client(row, client_id) for row in sold)
             if progress:
                 progress.advance(1)
             if batch and (done % CLIENT_BATCH == 0 or done == len(client_ids)):
@@ -208,7 +228,51 @@ def read_packages_sold(
             progress.close()
     ids = pa.chunked_array(seen, pa.string())
     run.report.count("packages_sold", len(ids))
-    return ids
+    if missing:
+        run.report.notes.append(
+            f"{len(missing):,} TimeTap clients answered 404 for their packages sold "
+            f"(client {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); their earlier "
+            "sales stay as they were (see analytics.data_issues)"
+        )
+    return SoldSweep(ids, missing)
+
+
+def empty_sold() -> pa.Table:
+    return rows_to_table([], SOLD_FIELDS, entity="package_sold", expect_text=False)
+
+
+FETCH_PROBLEMS = "fetch_problems"
+
+
+def fetch_problems(missing_clients: Sequence[str]) -> Any:
+    """This run's unreadable clients, replacing the last run's, for `analytics.data_issues`."""
+    clients = pa.array(list(missing_clients), pa.string())
+    problems = ["its packages sold answered HTTP 404 (not found)"] * len(clients)
+    schema = pa.schema(
+        [
+            pa.field("client_id", pa.string()),
+            pa.field("problem", pa.string()),
+            pa.field(ROW_HASH, pa.string(), nullable=False),
+        ]
+    )
+    row_ids = pc.binary_join_element_wise("client", clients, ":")
+    table = pa.Table.from_arrays([clients, pa.array(problems, pa.string()), row_ids], schema=schema)
+    hints = dlt.mark.make_hints(
+        table_name=FETCH_PROBLEMS,
+        write_disposition="replace",
+        columns={
+            "client_id": {"data_type": "text", "nullable": True},
+            "problem": {"data_type": "text", "nullable": True},
+        },
+    )
+    return dlt.mark.with_hints(table, hints, create_table_variant=True)
+
+
+def spare_clients(missing_clients: Sequence[str]) -> str:
+    """SQL condition for the current sales of clients whose list could not be read."""
+    if not missing_clients:
+        return "false"
+    return f"client_id in ({', '.join(repr(str(int(c))) for c in missing_clients)})"
 
 
 def _with_client(row: Any, client_id: str) -> Any:

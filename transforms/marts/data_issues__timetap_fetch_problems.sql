@@ -1,0 +1,19 @@
+-- requires: timetap.fetch_problems
+--
+-- Appends the TimeTap clients whose packages sold could not be read in the last run (their list
+-- answered 404) to analytics.data_issues: the other clients loaded, and this client's earlier
+-- sales were kept rather than retired on a 404's word.
+
+insert into analytics.data_issues
+
+with source as (
+    select client_id, problem from timetap.fetch_problems
+),
+
+final as (
+    select 'timetap' as source, 'client' as entity, client_id as record_id,
+        'packageSold/client' as field, '' as value, problem
+    from source
+)
+
+select * from final;
