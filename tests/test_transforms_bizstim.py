@@ -194,6 +194,38 @@ def test_malformed_cancellation_entries_keep_a_row_and_are_reported(con) -> None
     ]
 
 
+def test_a_huge_cancel_clients_explodes_within_the_default_memory_limit(con) -> None:
+    # 50,000 entries (1.2 million characters) in one session, with empty and malformed entries,
+    # beside a small one. A lateral UNNEST once needed memory ~ entries x length and died here.
+    con.execute("set memory_limit = '512MB'")
+    entries = [f"{100_000 + i}|{1_000_000 + i}|{10_000_000 + i}" for i in range(1, 50_001)]
+    entries[999] = "bad|1|2"
+    value = " ,".join(entries[:25_000]) + ",,  ," + ",".join(entries[25_000:]) + ","
+    sessions(con, {"id": "1", "cancel_clients": value}, {"id": "2", "cancel_clients": "4|5|6"})
+    counts = run_transforms(con)
+    assert counts["session_cancellations"] == 50_001
+    assert con.execute(
+        "select count(*), min(position), max(position), count(distinct position), "
+        "count(*) filter (where client_id is null) from analytics.session_cancellations "
+        "where session_id = 1"
+    ).fetchall() == [(50_000, 1, 50_000, 50_000, 1)]
+    assert con.execute(
+        "select * from analytics.session_cancellations where session_id = 1 "
+        "and position in (1, 1000, 25001, 50000) order by position"
+    ).fetchall() == [
+        (1, 1, 100_001, 1_000_001, 10_000_001),
+        (1, 1000, None, 1, 2),
+        (1, 25_001, 125_001, 1_025_001, 10_025_001),  # the empty entries are not counted
+        (1, 50_000, 150_000, 1_050_000, 10_050_000),
+    ]
+    assert con.execute(
+        "select * from analytics.session_cancellations where session_id = 2"
+    ).fetchall() == [(2, 1, 4, 5, 6)]
+    assert issues(con) == [
+        ("bizstim", "session", "1", "cancel_clients", "bad|1|2", "malformed cancellation entry")
+    ]
+
+
 # --- data issues ----------------------------------------------------------------------------
 
 NULL_TIMES = {

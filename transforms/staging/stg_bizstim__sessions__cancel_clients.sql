@@ -15,11 +15,29 @@ with sessions as (
     where trim(cancel_clients) <> ''
 ),
 
+entry_lists as (
+    select
+        record_id,
+        session_id,
+        is_current,
+        [trim(e) for e in string_split(cancel_clients, ',') if trim(e) <> ''] as entry_list
+    from sessions
+),
+
+-- UNNEST in the SELECT list, never as a lateral join (`from sessions, unnest(...)`): DuckDB runs
+-- a lateral unnest as a hash join on the correlated value, so every exploded row carries its own
+-- copy of the whole cancel_clients text, entries x length bytes: one session with 4,000 entries
+-- (96,000 characters) ran out of the default 512 MB, 50,000 entries would need ~60 GB. Here work
+-- and memory are linear in the entries. Two unnests in one SELECT list advance together, so
+-- generate_subscripts gives each entry its 1-based place in the list.
 entries as (
-    select sessions.record_id, sessions.session_id, sessions.is_current, entry.entry, entry.position
-    from sessions,
-        unnest([trim(e) for e in string_split(sessions.cancel_clients, ',') if trim(e) <> ''])
-            with ordinality as entry(entry, position)
+    select
+        record_id,
+        session_id,
+        is_current,
+        unnest(entry_list) as entry,
+        generate_subscripts(entry_list, 1) as position
+    from entry_lists
 ),
 
 split as (

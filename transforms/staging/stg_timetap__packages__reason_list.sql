@@ -18,19 +18,37 @@ parsed as (
     from packages
 ),
 
+reason_arrays as (
+    select record_id, package_id, is_current, active, from_json(reasons, '["JSON"]') as reason_array
+    from parsed
+    where reasons is not null
+),
+
+-- UNNEST in the SELECT list, not as a lateral join: a lateral unnest copies the whole JSON text
+-- into every exploded row (memory = entries x length), see stg_bizstim__sessions__cancel_clients.
+-- The two unnests advance together: generate_subscripts is each entry's place in the array.
+exploded as (
+    select
+        record_id,
+        package_id,
+        is_current,
+        active,
+        unnest(reason_array) as reason,
+        generate_subscripts(reason_array, 1) as position
+    from reason_arrays
+),
+
 entries as (
     select
-        parsed.record_id,
-        parsed.package_id,
-        parsed.is_current,
-        parsed.active,
-        entry.position::integer as position,
+        record_id,
+        package_id,
+        is_current,
+        active,
+        position::integer as position,
         -- from_json turns a JSON null entry into SQL NULL: report it as the text 'null'.
-        coalesce(entry.reason::varchar, 'null') as value,
-        case when json_type(entry.reason) = 'OBJECT' then entry.reason end as reason
-    from parsed,
-        unnest(from_json(parsed.reasons, '["JSON"]')) with ordinality as entry(reason, position)
-    where parsed.reasons is not null
+        coalesce(reason::varchar, 'null') as value,
+        case when json_type(reason) = 'OBJECT' then reason end as reason
+    from exploded
 ),
 
 reasons as (

@@ -17,18 +17,29 @@ parsed as (
     from packages
 ),
 
+-- UNNEST in the SELECT list, not as a lateral join: a lateral unnest copies the whole JSON text
+-- into every exploded row (memory = entries x length), see stg_bizstim__sessions__cancel_clients.
+exploded as (
+    select
+        record_id,
+        package_id,
+        is_current,
+        active,
+        unnest(from_json(services, '["JSON"]')) as service
+    from parsed
+    where services is not null
+),
+
 entries as (
     select
-        parsed.record_id,
-        parsed.package_id,
-        parsed.is_current,
-        parsed.active,
+        record_id,
+        package_id,
+        is_current,
+        active,
         -- from_json turns a JSON null entry into SQL NULL: report it as the text 'null'.
-        coalesce(entry.service::varchar, 'null') as value,
-        parse_int(entry.service ->> '$') as service_id
-    from parsed,
-        unnest(from_json(parsed.services, '["JSON"]')) as entry(service)
-    where parsed.services is not null
+        coalesce(service::varchar, 'null') as value,
+        parse_int(service ->> '$') as service_id
+    from exploded
 ),
 
 final as (
