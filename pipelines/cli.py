@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from practice_sync import interrupt
+from practice_sync import interrupt, logs
 from practice_sync.errors import ConfigError, ExitCode, find_cause, is_expected
 from practice_sync.report import RunReport
 
@@ -38,6 +38,12 @@ def _common() -> argparse.ArgumentParser:
         help="show tracebacks and debug logs",
     )
     common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="text (default): a UTC timestamp and a level on every line; json: one object a line",
+    )
+    common.add_argument(
         "--config-dir",
         default=argparse.SUPPRESS,
         metavar="DIR",
@@ -54,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load Bizstim and TimeTap booking data into DuckDB and build `analytics`.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_cmd = commands.add_parser(
@@ -105,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("practice-sync")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
+
+
 def _duration(text: str) -> float:
     """`90`, `30s`, `10m`, `1h` as seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
@@ -125,12 +141,8 @@ def _use_config_dir(folder: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="practice-sync: %(message)s",
-    )
-    # urllib3 logs full URLs at debug level, and TimeTap's token URL carries the api key
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    args.log_format = getattr(args, "log_format", "text")
+    logs.setup(args.log_format, args.debug)
     try:
         # the work runs in a job thread so that Ctrl-C and SIGTERM are acted on at once
         try:
@@ -141,35 +153,34 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise stop_inside from None
     except interrupt.Interrupted as stop:
-        print(
-            f"practice-sync: interrupted ({signal.Signals(stop.signum).name}): the warehouse keeps "
-            "its last complete state; the next run picks up.",
-            file=sys.stderr,
-            flush=True,
+        _fail(
+            f"interrupted ({signal.Signals(stop.signum).name}): the warehouse keeps its last "
+            "complete state; the next run picks up.",
+            stop.exit_code,
         )
         if not stop.finished:  # the job thread is stuck in a call: end without waiting for it
-            sys.stdout.flush()
+            logs.flush()
             os._exit(stop.exit_code)
         return stop.exit_code
     except KeyboardInterrupt:
-        print(
-            "practice-sync: interrupted; the warehouse keeps its last complete state.",
-            file=sys.stderr,
-        )
-        return 130
+        return _fail("interrupted; the warehouse keeps its last complete state.", 130)
     except Exception as exc:
         expected = is_expected(exc)
         if args.debug:
             traceback.print_exception(exc)
         if expected is not None:
-            print(f"practice-sync: {expected}", file=sys.stderr)
-            return int(expected.exit_code)
-        print(
-            f"practice-sync: unexpected error ({type(exc).__name__}); nothing was applied past the "
-            "last completed step. Re-run with --debug and report the output.",
-            file=sys.stderr,
+            return _fail(str(expected), int(expected.exit_code))
+        return _fail(
+            f"unexpected error ({type(exc).__name__}); nothing was applied past the last "
+            "completed step. Re-run with --debug and report the output.",
+            int(ExitCode.INTERNAL),
         )
-        return int(ExitCode.INTERNAL)
+
+
+def _fail(sentence: str, code: int) -> int:
+    """The one sentence a person acts on, on stderr, and the exit code."""
+    logs.event("run_failed", sentence, logging.ERROR, exit_code=code)
+    return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -210,9 +221,11 @@ def _sql_target(explicit: str | None) -> Path:
 
 def _finish(report: RunReport, code: ExitCode) -> int:
     """The summary on stdout; each failure once more on stderr, where schedulers look."""
-    print(report.render(), flush=True)
+    for source in report.sources:
+        logs.event("source_finished", source.render(), **source.fields())
+    logs.event("run_finished", report.render_run(), exit_code=int(code), **report.fields())
     for problem in report.problems():
-        print(f"practice-sync: {problem}", file=sys.stderr)
+        logs.event("problem", problem, logging.ERROR)
     return int(code)
 
 

@@ -19,7 +19,11 @@ from practice_sync import dlt_glue
 from practice_sync.errors import ConfigError
 
 # settings of our own, beside the sources' arguments: name -> type
-PRACTICE_SYNC_SETTINGS: dict[str, str] = {"memory_limit": "str", "serve_path": "str"}
+PRACTICE_SYNC_SETTINGS: dict[str, str] = {
+    "memory_limit": "str",
+    "serve_path": "str",
+    "progress_interval": "float",
+}
 
 
 @dataclass(frozen=True)

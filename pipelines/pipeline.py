@@ -21,7 +21,7 @@ from typing import Any
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, warehouse
+from practice_sync import context, dlt_glue, history, interrupt, serve, warehouse
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -158,31 +158,77 @@ def _settings_read() -> str:
 
 
 def run(job: Job) -> tuple[RunReport, ExitCode]:
-    """Load every configured source, then rebuild the analytics schema."""
+    """Load every configured source, rebuild the analytics schema, then record the run in
+    `ops.run_history` and publish the serving file; an interrupted run is recorded too."""
     report = RunReport(database=job.database)
     warehouse.check_writable(job.database)
     with warehouse.lock(job.database, wait=job.wait_for_lock):
-        codes: list[ExitCode] = []
-        for spec, skipped in configured_sources(job):
-            source_report = SourceReport(spec.name)
-            report.sources.append(source_report)
-            if skipped:
-                source_report.skipped = skipped
-                continue
-            try:
-                _load_source(spec, job, source_report)
-            except PracticeSyncError as exc:
-                source_report.error = str(exc)
-                codes.append(exc.exit_code)
-            if source_report.withheld:
-                codes.append(ExitCode.DELETIONS_WITHHELD)
         try:
-            _transform_into(job.database, report)
-        except (TransformFailed, LoadFailed) as exc:
-            report.transform_error = str(exc)
+            code = _load_and_transform(job, report)
+        except interrupt.Interrupted as stop:
+            report.finished = time.monotonic()
+            _close(job.database, report, stop.exit_code, signal_code=stop.exit_code)
+            raise
+        report.finished = time.monotonic()
+        code = _close(job.database, report, code)
+    return report, code
+
+
+def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
+    codes: list[ExitCode] = []
+    for spec, skipped in configured_sources(job):
+        source_report = SourceReport(spec.name)
+        report.sources.append(source_report)
+        if skipped:
+            source_report.skipped = skipped
+            continue
+        try:
+            _load_source(spec, job, source_report)
+        except PracticeSyncError as exc:
+            source_report.error = str(exc)
+            source_report.exit_code = int(exc.exit_code)
             codes.append(exc.exit_code)
-    report.finished = time.monotonic()
-    return report, _worst(codes)
+        source_report.finished = True
+        if source_report.withheld:
+            codes.append(ExitCode.DELETIONS_WITHHELD)
+    try:
+        _transform_into(job.database, report)
+    except TransformFailed as exc:
+        report.transform_error = str(exc)
+        codes.append(exc.exit_code)
+    return _worst(codes)
+
+
+def _close(
+    database: Path, report: RunReport, code: int, signal_code: int | None = None
+) -> ExitCode:
+    """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file.
+    Neither depends on the rebuild having worked; a failure to publish is exit 8."""
+    if not database.exists():
+        return ExitCode(code) if signal_code is None else ExitCode.OK
+    config = duckdb_config()
+    try:
+        with contextlib.closing(duckdb.connect(str(database), config=config)) as con:
+            report.issues_by_source = _issues_by_source(con)
+            history.record(con, history.rows(report, code, signal_code))
+            if signal_code is None:
+                with phase(report.phases, "publish"):
+                    target = serve.serve_path(database)
+                    serve.publish(con, target)
+                report.serving = target
+    except (LoadFailed, duckdb.Error) as exc:
+        if signal_code is not None:
+            return ExitCode.OK
+        report.transform_error = report.transform_error or str(exc)
+        return ExitCode(code) if code else ExitCode.LOAD_FAILED
+    return ExitCode(code) if signal_code is None else ExitCode.OK
+
+
+def _issues_by_source(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    if not warehouse.table_exists(con, "analytics", "data_issues"):
+        return {}
+    counts = con.execute("select source, count(*) from analytics.data_issues group by 1")
+    return {str(source): int(count) for source, count in counts.fetchall()}
 
 
 def transform(database: Path) -> tuple[RunReport, ExitCode]:
@@ -198,10 +244,15 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
     with warehouse.lock(database):
         try:
             _transform_into(database, report)
-        except (TransformFailed, LoadFailed) as exc:
+        except TransformFailed as exc:
             report.transform_error = str(exc)
             code = exc.exit_code
-    report.finished = time.monotonic()
+        report.finished = time.monotonic()
+        if code == ExitCode.OK:
+            with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+                target = serve.serve_path(database)
+                serve.publish(con, target)
+                report.serving = target
     return report, code
 
 
@@ -278,13 +329,11 @@ def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | 
 
 
 def _transform_into(database: Path, report: RunReport) -> None:
-    """Rebuild `analytics` in one transaction, then publish it to the serving file."""
-    from practice_sync.serve import publish, serve_path
+    """Rebuild `analytics` in one transaction (a failure keeps yesterday's tables)."""
     from practice_sync.transform import TransformOrderError, run_transforms
 
     if not database.exists():
         return
-    target = serve_path(database)
     connection = contextlib.closing(duckdb.connect(str(database), config=duckdb_config()))
     with connection as con:
         try:
@@ -296,9 +345,6 @@ def _transform_into(database: Path, report: RunReport) -> None:
                 f"({first_line(exc)})."
             ) from exc
         report.data_issues = report.analytics.get("data_issues", report.data_issues)
-        with phase(report.phases, "publish"):
-            publish(con, target)
-        report.serving = target
 
 
 def first_line(exc: BaseException) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,16 +56,55 @@ class SourceReport:
     tables: dict[str, TableChange] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # step -> seconds
     error: str | None = None
+    exit_code: int = 0  # of the error, when there is one
     skipped: str | None = None
+    finished: bool = False  # loaded (or failed) before the run ended
 
     def count(self, table: str, rows: int) -> None:
         self.rows_read[table] = self.rows_read.get(table, 0) + rows
+
+    def render(self) -> str:
+        """This source's lines of the summary."""
+        if self.skipped:
+            return f"{self.name}: skipped ({self.skipped})"
+        status = "FAILED" if self.error else "ok"
+        lines = [
+            f"{self.name}: {status} — {self.http.requests:,} requests, "
+            f"{self.http.retries:,} retries, {self.http.bytes / 1e6:,.1f} MB"
+            + (f", {self.sweeps} sweeps" if self.sweeps > 1 else "")
+        ]
+        for table, change in sorted(self.tables.items()):
+            lines.append(
+                f"  {self.name}.{table}: {change.new:,} new, {change.changed:,} changed, "
+                f"{change.retired:,} retired, {change.current:,} current"
+            )
+        lines.extend(f"  ! {sentence}" for sentence in self.withheld)
+        lines.extend(f"  {note}" for note in self.notes)
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+    def fields(self) -> dict[str, object]:
+        """This source's figures for JSON logs."""
+        return {
+            "source": self.name,
+            "outcome": "skipped" if self.skipped else "failed" if self.error else "ok",
+            "requests": self.http.requests,
+            "retries": self.http.retries,
+            "bytes": self.http.bytes,
+            "tables": {name: vars(change) for name, change in self.tables.items()},
+            "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
+            "withheld": list(self.withheld),
+            "error": self.error,
+        }
 
 
 @dataclass
 class RunReport:
     database: Path | None = None  # the warehouse file, always named in the summary
     serving: Path | None = None  # the serving file published this run
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    issues_by_source: dict[str, int] = field(default_factory=dict)
     sources: list[SourceReport] = field(default_factory=list)
     analytics: dict[str, int] = field(default_factory=dict)
     data_issues: int | None = None
@@ -89,26 +130,11 @@ class RunReport:
 
     def render(self) -> str:
         """A few lines a person reads over coffee: what changed, what went wrong, how long."""
+        return "\n".join([*(src.render() for src in self.sources), self.render_run()])
+
+    def render_run(self) -> str:
+        """The run's closing lines: analytics, data issues, where it wrote, how long."""
         lines: list[str] = []
-        for src in self.sources:
-            if src.skipped:
-                lines.append(f"{src.name}: skipped ({src.skipped})")
-                continue
-            status = "FAILED" if src.error else "ok"
-            lines.append(
-                f"{src.name}: {status} — {src.http.requests:,} requests, "
-                f"{src.http.retries:,} retries, {src.http.bytes / 1e6:,.1f} MB"
-                + (f", {src.sweeps} sweeps" if src.sweeps > 1 else "")
-            )
-            for table, change in sorted(src.tables.items()):
-                lines.append(
-                    f"  {src.name}.{table}: {change.new:,} new, {change.changed:,} changed, "
-                    f"{change.retired:,} retired, {change.current:,} current"
-                )
-            lines.extend(f"  ! {sentence}" for sentence in src.withheld)
-            lines.extend(f"  {note}" for note in src.notes)
-            if src.error:
-                lines.append(f"  error: {src.error}")
         if self.transform_error:
             lines.append(f"transforms: FAILED — {self.transform_error}")
         elif self.analytics:
@@ -123,19 +149,41 @@ class RunReport:
         lines.append(f"time: {self.seconds:,.1f} s")
         return "\n".join(lines)
 
+    def fields(self) -> dict[str, object]:
+        """The run's figures for JSON logs."""
+        return {
+            "run_id": self.run_id,
+            "duration_s": round(self.seconds, 3),
+            "analytics": dict(self.analytics),
+            "data_issues": self.data_issues,
+            "warehouse": str(self.database) if self.database else None,
+            "serving_file": str(self.serving) if self.serving else None,
+            "error": self.transform_error,
+        }
+
 
 class Progress:
-    """Rows-so-far on stderr: redrawn in place on a terminal, a line per 10% in a log file."""
+    """How far a long phase is: an interactive bar on a terminal; in a log file a line at least
+    every `interval` seconds (done of total, rate, time left), so a night's log shows where a
+    slow run was, and a final line when the phase ends."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, label: str, total: int, stream: TextIO | None = None, interval: float | None = None
+    ) -> None:
         self.label = label
         self.total = max(total, 0)
         self.done = 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self._next_tenth = 1
+        self.interval = progress_interval() if interval is None else interval
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         self._last_draw = 0.0
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if not self.tty and self.total:
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
 
     def advance(self, rows: int) -> None:
         with self._lock:
@@ -144,18 +192,46 @@ class Progress:
                 now = time.monotonic()
                 if now - self._last_draw > 0.2 or self.done >= self.total:
                     self._last_draw = now
-                    self.stream.write(f"\r{self.label}: {self.done:,} / {self.total:,}")
+                    self.stream.write(f"\r{self.line()}\x1b[K")
                     self.stream.flush()
-            elif self.total >= 10_000:
-                while self.total and self.done * 10 >= self._next_tenth * self.total:
-                    if self._next_tenth <= 10:
-                        self.stream.write(
-                            f"{self.label}: {self.done:,} / {self.total:,} "
-                            f"({self._next_tenth * 10}%)\n"
-                        )
-                    self._next_tenth += 1
+
+    def line(self) -> str:
+        """`Bizstim sessions: 120,000 / 1,000,000 (12%), 8,400/s, about 1 min 45 s left`"""
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / elapsed
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        left = ""
+        if 0 < self.done < self.total and rate > 0:
+            left = f", about {_duration((self.total - self.done) / rate)} left"
+        return f"{self.label}: {self.done:,} / {self.total:,}{share}, {rate:,.0f}/s{left}"
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                text = self.line()
+            logging.getLogger("practice_sync.progress").info(text)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            logging.getLogger("practice_sync.progress").info(self.line())
         if self.tty and self.total:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def progress_interval() -> float:
+    """`practice_sync.progress_interval` seconds between progress lines in a log (default 10)."""
+    import dlt
+
+    value = dlt.config.get("practice_sync.progress_interval")
+    try:
+        return max(float(value), 0.1) if value is not None else 10.0
+    except (TypeError, ValueError):
+        return 10.0
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds + 0.5), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"

@@ -19,7 +19,7 @@ import duckdb
 from practice_sync.errors import ConfigError, LoadFailed
 
 SETTING = "practice_sync.serve_path (PRACTICE_SYNC__SERVE_PATH)"
-SCHEMA = "analytics"
+SCHEMAS = ("analytics", "ops")  # the contract, and the run history `status` reads
 
 
 def serve_path(database: Path) -> Path:
@@ -35,8 +35,8 @@ def serve_path(database: Path) -> Path:
 
 
 def publish(con: duckdb.DuckDBPyConnection, target: Path) -> int:
-    """Copy every `analytics` table with its comments from `con` into `target`, atomically;
-    return the number of tables published."""
+    """Copy every `analytics` and `ops` table with its comments from `con` into `target`,
+    atomically; return the number of tables published."""
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     _remove(temporary)
     try:
@@ -52,20 +52,18 @@ def publish(con: duckdb.DuckDBPyConnection, target: Path) -> int:
 
 
 def _copy(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    tables = [
-        row[0]
-        for row in con.execute(
-            "select table_name from duckdb_tables() where database_name = current_database() "
-            "and schema_name = ? order by 1",
-            [SCHEMA],
-        ).fetchall()
-    ]
+    tables = con.execute(
+        "select schema_name, table_name from duckdb_tables() "
+        "where database_name = current_database() and list_contains(?, schema_name) order by all",
+        [list(SCHEMAS)],
+    ).fetchall()
     con.execute("attach ? as serving", [str(path)])
     try:
-        con.execute(f"create schema serving.{SCHEMA}")
-        for table in tables:
+        for schema in sorted({schema for schema, _ in tables}):
+            con.execute(f"create schema serving.{schema}")
+        for schema, table in tables:
             con.execute(
-                f'create table serving.{SCHEMA}."{table}" as select * from {SCHEMA}."{table}"'
+                f'create table serving.{schema}."{table}" as select * from {schema}."{table}"'
             )
         _copy_comments(con)
     finally:
@@ -75,18 +73,19 @@ def _copy(con: duckdb.DuckDBPyConnection, path: Path) -> int:
 
 def _copy_comments(con: duckdb.DuckDBPyConnection) -> None:
     """Table and column comments, so BI tools show the contract in the serving file too."""
-    for table, comment in con.execute(
-        "select table_name, comment from duckdb_tables() where database_name = current_database()"
-        " and schema_name = ? and comment is not null",
-        [SCHEMA],
+    where = "database_name = current_database() and list_contains(?, schema_name)"
+    for schema, table, comment in con.execute(
+        f"select schema_name, table_name, comment from duckdb_tables() where {where} "
+        "and comment is not null",
+        [list(SCHEMAS)],
     ).fetchall():
-        con.execute(f'comment on table serving.{SCHEMA}."{table}" is {_literal(comment)}')
-    for table, column, comment in con.execute(
-        "select table_name, column_name, comment from duckdb_columns() "
-        "where database_name = current_database() and schema_name = ? and comment is not null",
-        [SCHEMA],
+        con.execute(f'comment on table serving.{schema}."{table}" is {_literal(comment)}')
+    for schema, table, column, comment in con.execute(
+        "select schema_name, table_name, column_name, comment from duckdb_columns() "
+        f"where {where} and comment is not null",
+        [list(SCHEMAS)],
     ).fetchall():
-        target = f'serving.{SCHEMA}."{table}"."{column}"'
+        target = f'serving.{schema}."{table}"."{column}"'
         con.execute(f"comment on column {target} is {_literal(comment)}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,12 @@ FAST_RETRIES = {
 
 
 _CHILDREN: list[subprocess.Popen] = []
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR|CRITICAL) +")
+
+
+def messages(stream: str) -> list[str]:
+    """The lines of a run's output without their log timestamp and level."""
+    return [_LOG_PREFIX.sub("", line) for line in stream.splitlines()]
 
 
 def spawn(command: list[str], **kwargs: object) -> subprocess.Popen:

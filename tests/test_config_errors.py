@@ -11,14 +11,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Env, make_env, spawn
+from conftest import Env, make_env, messages, spawn
 
 from practice_sync.simulator import Simulator
 
 
 def assert_one_sentence(stderr: str, *fragments: str) -> None:
     assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("practice-sync:")]
+    lines = [line for line in messages(stderr) if line.startswith("practice-sync:")]
     assert len(lines) == 1, stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, Env, spawn
+from conftest import ROOT, Env, messages, spawn
 from test_crash import assert_warehouse_equals_upstream
 
 from practice_sync import interrupt
@@ -78,7 +78,7 @@ def test_a_run_stops_within_seconds_and_the_next_run_recovers(
         release.set()
     assert process.returncode == 128 + sig, stderr
     name = signal.Signals(sig).name
-    assert stderr.strip().splitlines() == [
+    assert messages(stderr.strip()) == [
         f"practice-sync: interrupted ({name}): the warehouse keeps its last complete state; "
         "the next run picks up."
     ]
@@ -157,7 +157,7 @@ def test_a_signal_at_any_step_exits_with_its_code_and_the_next_run_recovers(
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=15)
     assert process.returncode == 128 + sig, stderr
-    assert stderr.strip().splitlines()[-1] == (
+    assert messages(stderr.strip())[-1] == (
         f"practice-sync: interrupted ({signal.Signals(sig).name}): the warehouse keeps its last "
         "complete state; the next run picks up."
     )

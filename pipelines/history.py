@@ -1,0 +1,92 @@
+"""The run history: one row per run and source in `ops.run_history`, written at the end of every
+run (failed and interrupted ones included), so the on-call person and `practice-sync status`
+can tell what happened on which night without dlt's trace, which a failed run does not leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from practice_sync.report import RunReport, SourceReport
+
+SCHEMA = "ops"
+TABLE = f"{SCHEMA}.run_history"
+COLUMNS = (
+    ("run_id", "varchar"),
+    ("source", "varchar"),  # 'bizstim' | 'timetap' | 'analytics' (the rebuild)
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("duration_s", "double"),
+    ("outcome", "varchar"),  # ok | withheld | failed | skipped | interrupted
+    ("exit_code", "integer"),
+    ("requests", "bigint"),
+    ("retries", "bigint"),
+    ("rows_new", "bigint"),
+    ("rows_changed", "bigint"),
+    ("rows_retired", "bigint"),
+    ("rows_current", "bigint"),
+    ("data_issues", "bigint"),
+    ("error", "varchar"),
+)
+
+
+def source_outcome(source: SourceReport, interrupted: bool) -> tuple[str, int]:
+    """What one source's night came to, and the exit code it alone would give."""
+    if source.skipped:
+        return "skipped", 0
+    if source.error:
+        return "failed", source.exit_code or 1
+    if interrupted and not source.finished:
+        return "interrupted", 0
+    if source.withheld:
+        return "withheld", 3
+    return "ok", 0
+
+
+def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[tuple[Any, ...]]:
+    """The history rows of one run: a row per source, then one for the analytics rebuild."""
+    finished = datetime.now(UTC)
+    started = finished - timedelta(seconds=report.seconds)
+    issues = report.issues_by_source
+    out: list[tuple[Any, ...]] = []
+    for source in report.sources:
+        outcome, source_code = source_outcome(source, signal_code is not None)
+        if outcome == "interrupted":
+            source_code = signal_code or 0
+        tables = source.tables.values()
+        out.append(
+            (
+                report.run_id, source.name, started, finished, report.seconds, outcome,
+                source_code, source.http.requests, source.http.retries,
+                sum(t.new for t in tables), sum(t.changed for t in tables),
+                sum(t.retired for t in tables), sum(t.current for t in tables),
+                issues.get(source.name), source.error or "; ".join(source.withheld) or None,
+            )
+        )  # fmt: skip
+    if signal_code is not None:
+        analytics = ("interrupted", signal_code)
+    elif report.transform_error:
+        analytics = ("failed", 7)
+    else:
+        analytics = ("ok", 0)
+    out.append(
+        (
+            report.run_id, "analytics", started, finished, report.seconds, analytics[0],
+            analytics[1], None, None, None, None, None, None,
+            report.data_issues, report.transform_error,
+        )
+    )  # fmt: skip
+    return out
+
+
+def record(con: duckdb.DuckDBPyConnection, history: Sequence[tuple[Any, ...]]) -> None:
+    """Append a run's rows to `ops.run_history`, creating it on first use."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+    con.execute(f"create schema if not exists {SCHEMA}")
+    con.execute(f"create table if not exists {TABLE} ({columns})")
+    marks = ", ".join("?" for _ in COLUMNS)
+    con.executemany(f"insert into {TABLE} values ({marks})", [list(row) for row in history])
