@@ -241,11 +241,13 @@ def _split_markexpr(args: list[str]) -> tuple[str | None, list[str]]:
 
 def _junit_counts(report: Path) -> tuple[dict[str, int], set[str]] | None:
     """passed/failed/skipped and the test ids in a pytest junit report (None: none written)."""
-    if not report.exists():
+    try:
+        root = ET.parse(report).getroot()
+    except (OSError, ET.ParseError):  # not written: pytest stopped early, or `--junitxml` given
         return None
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     ids: set[str] = set()
-    for case in ET.parse(report).getroot().iter("testcase"):
+    for case in root.iter("testcase"):
         ids.add(f"{case.get('classname')}::{case.get('name')}")
         tags = {child.tag for child in case}
         if tags & {"failure", "error"}:
