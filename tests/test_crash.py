@@ -66,6 +66,7 @@ def test_a_crash_at_each_step_is_recovered(sim: Simulator, env: Env, point: str)
     assert leftovers == []
 
 
+@pytest.mark.serial
 def test_chaos_random_kills_then_exact_warehouse(sim: Simulator, env: Env) -> None:
     """Bounded: 8 runs killed at random moments across all steps, data changing in between."""
     env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "50"

@@ -36,6 +36,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> None:
     command = [sys.executable, "-m", "practice_sync.simulator", "--port", "0", "--sessions", "50"]
@@ -58,6 +59,7 @@ def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> Non
         process.stdout.close()
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(
     ("sig", "where"), [(signal.SIGINT, "thread"), (signal.SIGTERM, "process")]
 )
@@ -87,6 +89,7 @@ def test_a_run_stops_within_seconds_and_the_next_run_recovers(
     assert_warehouse_equals_upstream(env, sim)
 
 
+@pytest.mark.serial
 def test_a_job_that_checks_stops_cleanly_with_the_signal_exit_code() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
@@ -106,6 +109,7 @@ def test_a_job_that_checks_stops_cleanly_with_the_signal_exit_code() -> None:
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+@pytest.mark.serial
 def test_a_job_stuck_in_a_call_is_given_up_after_the_grace_period() -> None:
     stuck = threading.Event()
 
@@ -121,6 +125,7 @@ def test_a_job_stuck_in_a_call_is_given_up_after_the_grace_period() -> None:
     assert time.monotonic() - started < 25  # not the 30 s the work would have taken
 
 
+@pytest.mark.serial
 def test_results_and_errors_of_the_job_reach_the_caller() -> None:
     assert interrupt.run_in_foreground(lambda: 42) == 42
     with pytest.raises(ValueError, match="boom"):
