@@ -222,8 +222,10 @@ def _sql_target(explicit: str | None) -> Path:
 def _finish(report: RunReport, code: ExitCode) -> int:
     """The summary on stdout; each failure once more on stderr, where schedulers look."""
     for source in report.sources:
-        logs.event("source_finished", source.render(), **source.fields())
-    logs.event("run_finished", report.render_run(), exit_code=int(code), **report.fields())
+        logs.event("source_finished", source.render(), logging.INFO, **source.fields())
+    logs.event(
+        "run_finished", report.render_run(), logging.INFO, exit_code=int(code), **report.fields()
+    )
     for problem in report.problems():
         logs.event("problem", problem, logging.ERROR)
     return int(code)

@@ -36,7 +36,7 @@ def duckdb_setting_names() -> list[str]:
     """Every setting dlt reads in `destination.duckdb`."""
     from dlt.destinations.impl.duckdb.configuration import DuckDbClientConfiguration
 
-    fields = dataclasses.fields(DuckDbClientConfiguration)  # type: ignore[arg-type]
+    fields = dataclasses.fields(DuckDbClientConfiguration)
     return [f.name for f in fields if not f.name.startswith("__")]
 
 
@@ -87,7 +87,7 @@ def make_pipeline(
     dataset: str,
     database: Path,
     pipelines_dir: Path,
-    duckdb_config: dict[str, str],
+    duckdb_config: dict[str, Any],
     on_load_job: Callable[[], None] | None = None,
 ) -> dlt.Pipeline:
     """A dlt pipeline writing `dataset` into the DuckDB file, with its state in `pipelines_dir`.
@@ -97,12 +97,13 @@ def make_pipeline(
     for key, value in DLT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     credentials = DuckDbCredentials(str(database), global_config=duckdb_config)
+    progress: Any = _LoadJobCollector(on_load_job) if on_load_job else None
     return dlt.pipeline(
         pipeline_name=name,
         pipelines_dir=str(pipelines_dir),
         destination=dlt.destinations.duckdb(credentials),
         dataset_name=dataset,
-        progress=_LoadJobCollector(on_load_job) if on_load_job else None,  # type: ignore[arg-type]
+        progress=progress,
     )
 
 

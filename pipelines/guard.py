@@ -25,7 +25,7 @@ from practice_sync.rows import ROW_HASH
 VANISHED = "_vanished"
 
 
-def scd2(key: str) -> dict[str, Any]:
+def scd2(key: str) -> Any:  # dlt types the write disposition narrower than it accepts
     """The write disposition of every raw table: scd2, retiring only ids the load mentions.
 
     Rows without an id cannot be confirmed or tombstoned; they keep plain scd2 behaviour.
@@ -38,10 +38,11 @@ def scd2(key: str) -> dict[str, Any]:
     }
 
 
-def columns(key: str) -> dict[str, dict[str, Any]]:
-    """Column hints the guard needs; `merge_key` is switched off explicitly because dlt keeps
-    hints in the stored schema and earlier versions set it."""
+def columns(key: str, others: dict[str, dict[str, Any]]) -> Any:
+    """`others` plus the column hints the guard needs; `merge_key` is switched off explicitly
+    because dlt keeps hints in the stored schema and earlier versions set it."""
     return {
+        **others,
         key: {"data_type": "text", "nullable": True, "merge_key": False},
         VANISHED: {"data_type": "bool", "nullable": True},
     }

@@ -78,7 +78,7 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(name: str, message: str, level: int = logging.INFO, **fields: object) -> None:
     """Log `message` as event `name` with structured `fields` (keys in JSON, prose in text)."""
     log.log(level, message, extra={"event": name, "fields": fields})
 

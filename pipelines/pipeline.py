@@ -36,7 +36,7 @@ from practice_sync.report import RunReport, SourceReport, phase
 PIPELINE_PREFIX = "practice_sync"
 
 
-def _extract_once(extract: Callable[[], None]) -> None:
+def _extract_once(extract: Callable[[], object]) -> None:
     extract()
 
 
@@ -48,7 +48,7 @@ class SourceSpec:
     tables: Mapping[str, str]  # raw table -> its id column, for the change summary
     factory: Callable[..., Any]
     # how to run one extract: Bizstim reads its listing again when it moved under the sweep
-    extract_policy: Callable[[Callable[[], None]], None] = _extract_once
+    extract_policy: Callable[[Callable[[], object]], None] = _extract_once
 
 
 def _bizstim(**kwargs: Any) -> Any:
@@ -63,7 +63,7 @@ def _timetap(**kwargs: Any) -> Any:
     return timetap(**kwargs)
 
 
-def _until_settled(extract: Callable[[], None]) -> None:
+def _until_settled(extract: Callable[[], object]) -> None:
     from practice_sync.bizstim.helpers import until_settled
 
     until_settled(extract)

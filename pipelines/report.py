@@ -225,9 +225,9 @@ def progress_interval() -> float:
     """`practice_sync.progress_interval` seconds between progress lines in a log (default 10)."""
     import dlt
 
-    value = dlt.config.get("practice_sync.progress_interval")
+    value: object = dlt.config.get("practice_sync.progress_interval")
     try:
-        return max(float(value), 0.1) if value is not None else 10.0
+        return max(float(str(value)), 0.1) if value is not None else 10.0
     except (TypeError, ValueError):
         return 10.0
 

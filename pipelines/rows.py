@@ -184,7 +184,7 @@ def _finish(
     count = len(rows)
     for name, value in (constants or {}).items():
         columns[name] = pa.array([value] * count, type=pa.string())
-    encoded = [None] * count
+    encoded: list[str | None] = [None] * count
     for index, found in issues.items():
         encoded[index] = orjson.dumps(found).decode()
     columns[INGEST_ISSUES] = pa.array(encoded, type=pa.string())

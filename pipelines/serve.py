@@ -24,7 +24,7 @@ SCHEMAS = ("analytics", "ops")  # the contract, and the run history `status` rea
 
 def serve_path(database: Path) -> Path:
     """`practice_sync.serve_path`, or `<warehouse>_analytics.duckdb` beside the warehouse."""
-    configured = dlt.config.get("practice_sync.serve_path")
+    configured: object = dlt.config.get("practice_sync.serve_path")
     if configured:
         path = Path(str(configured)).expanduser().resolve()
     else:

@@ -34,7 +34,7 @@ def database_from_config(explicit: str | None = None) -> Path:
     parent of `--config-dir`, so cron finds the same file from any folder)."""
     if explicit:
         return Path(explicit).expanduser().resolve()
-    value = dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
+    value: object = dlt.config.get("destination.duckdb.credentials") or DEFAULT_DATABASE
     if not isinstance(value, str):
         raise ConfigError(f"{SETTING} must be a file path.")
     if value.startswith("duckdb:///"):
@@ -47,10 +47,10 @@ def database_from_config(explicit: str | None = None) -> Path:
     return (base / Path(value).expanduser()).resolve()
 
 
-def duckdb_config() -> dict[str, str]:
+def duckdb_config() -> dict[str, str | bool | int | float | list[str]]:
     """DuckDB's own default takes 80% of RAM for a big merge; a bounded limit spills to disk
     instead, so a million-session night fits beside whatever else the server runs."""
-    limit = dlt.config.get("practice_sync.memory_limit") or DEFAULT_MEMORY_LIMIT
+    limit: object = dlt.config.get("practice_sync.memory_limit") or DEFAULT_MEMORY_LIMIT
     return {"memory_limit": str(limit)}
 
 

@@ -67,7 +67,7 @@ def bizstim(
 @dlt.resource(
     name="sessions",
     write_disposition=guard.scd2("id"),
-    columns={**text_columns((*SESSION_FIELDS, TIMEZONE_COLUMN)), **guard.columns("id")},
+    columns=guard.columns("id", text_columns((*SESSION_FIELDS, TIMEZONE_COLUMN))),
 )
 def sessions(
     client: HttpClient,

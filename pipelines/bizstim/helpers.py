@@ -34,7 +34,7 @@ NAMES = SourceNames("Bizstim", "bizstim")
 MAX_SWEEPS = 3  # reads of a listing that keeps moving before the run gives up
 
 
-def until_settled(extract: Callable[[], None]) -> None:
+def until_settled(extract: Callable[[], object]) -> None:
     """Run `extract` (one whole sweep into dlt) again while the listing moved under it, at most
     MAX_SWEEPS times; dlt never loads a failed extract, so a discarded sweep costs only time."""
     for attempt in range(1, MAX_SWEEPS + 1):
@@ -77,8 +77,8 @@ def check_page(data: Any) -> None:
     if not isinstance(data.get("response"), list):
         raise BadBody("a body without a `response` list")
     try:
-        int(data.get("total"))
-    except (TypeError, ValueError):
+        int(data["total"])
+    except (KeyError, TypeError, ValueError):
         raise BadBody("a body without a numeric `total`") from None
 
 

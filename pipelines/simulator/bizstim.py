@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import Message
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -56,7 +56,8 @@ def _members(values: tuple[str, ...], run: slice) -> str:
 # rendered by one string format. A row that is not plain generated data (a quirk, an edit, an
 # added row) is a dict instead, replaced rather than mutated, so a page render may read it
 # outside the lock. Per-row values are digits, dates and times: safe inside _ROW_JSON's quotes.
-Row = tuple[str, str, str, str, str, _Profile] | dict[str, str]
+_PackedRow = tuple[str, str, str, str, str, _Profile]
+Row = _PackedRow | dict[str, str]
 
 _FIRST_DAY, _LAST_DAY = date(2021, 1, 1), date(2026, 12, 31)
 # The simulated "today": later sessions are still open, earlier ones mostly saved.
@@ -253,7 +254,7 @@ def _as_dict(row: Row) -> dict[str, str]:
     """A fresh dict, so callers may change it without touching stored (shared) rows."""
     if type(row) is dict:
         return dict(row)
-    session_id, client, day, start, end, profile = row
+    session_id, client, day, start, end, profile = cast(_PackedRow, row)
     fields = dict(zip(FIELDS, profile.values, strict=True))
     fields.update(
         id=session_id,
@@ -269,7 +270,7 @@ def _row_json(row: Row) -> bytes:
     """Bytes, not str: one emoji would make the joined page a 4-byte-per-char str."""
     if type(row) is dict:
         return orjson.dumps(row)
-    session_id, client, day, start, end, profile = row
+    session_id, client, day, start, end, profile = cast(_PackedRow, row)
     text = _ROW_JSON % (
         session_id,
         profile.head,

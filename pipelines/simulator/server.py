@@ -78,11 +78,12 @@ class Simulator:
     def start(self) -> Simulator:
         if self._server is None:
             self._server = _Server(self._bind, self)
-            self._address = self._server.server_address[:2]
+            host, port = self._server.server_address[:2]
+            self._address = (str(host), int(port))
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.05},
-                name=f"simulator:{self._address[1]}",
+                name=f"simulator:{port}",
                 daemon=True,
             )
             self._thread.start()
@@ -212,7 +213,8 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         """Skips HTTPServer's reverse DNS lookup of the host, which can stall for seconds."""
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         with self._connections_lock:

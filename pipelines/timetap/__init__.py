@@ -99,7 +99,7 @@ def timetap(
 @dlt.resource(
     name="packages",
     write_disposition=guard.scd2("package_id"),
-    columns={**PACKAGE_COLUMNS, **guard.columns("package_id")},
+    columns=guard.columns("package_id", PACKAGE_COLUMNS),
 )
 def packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[pa.Table]:
     """New and changed active packages, then the vanished ones as TimeTap now has them."""
@@ -115,7 +115,7 @@ def timetap_clients(api: TimeTapApi, configured: Sequence[int] | None) -> Iterat
 @dlt.transformer(
     name="packages_sold",
     write_disposition=guard.scd2("package_sold_id"),
-    columns={**PACKAGE_SOLD_COLUMNS, **guard.columns("package_sold_id")},
+    columns=guard.columns("package_sold_id", PACKAGE_SOLD_COLUMNS),
 )
 def packages_sold(
     clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard
