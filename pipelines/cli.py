@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--clients", type=int, default=500, help="simulated TimeTap clients (default 500)"
     )
+    from practice_sync import html_report, status  # light: duckdb is imported when they run
+
+    status.add_command(commands, common)
+    html_report.add_command(commands, common)
     return parser
 
 
@@ -206,6 +210,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "transform":
         report, code = transform(database_from_config(args.database))
         return _finish(report, code)
+    if args.command == "status":
+        from practice_sync import status
+
+        return status.main(args, _sql_target(args.database))
+    if args.command == "report":
+        from practice_sync import html_report
+
+        return html_report.main(args, _sql_target(args.database))
     return _sql(_sql_target(args.database), args.query)
 
 
