@@ -45,6 +45,11 @@ def messages(stream: str) -> list[str]:
     return [_LOG_PREFIX.sub("", line) for line in stream.splitlines()]
 
 
+def summary_lines(stream: str) -> list[str]:
+    """The lines of a run's summary as a person reads them (no timestamp, level or name)."""
+    return [line.removeprefix("practice-sync: ") for line in messages(stream)]
+
+
 def spawn(command: list[str], **kwargs: object) -> subprocess.Popen:
     """`subprocess.Popen` whose process is killed when the test ends, whatever happened."""
     process = subprocess.Popen(command, **kwargs)  # type: ignore[call-overload]

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-from conftest import Env, Result
+from conftest import Env, Result, summary_lines
 
 from practice_sync.simulator import Fault, Simulator
 
@@ -59,7 +59,7 @@ def has_history(path: Path) -> bool:
 def summary_counts(result: Result) -> dict[str, dict[str, int]]:
     """Per source, the new/changed/retired/current a run printed, summed over its tables."""
     out: dict[str, dict[str, int]] = {}
-    for line in result.stdout.splitlines():
+    for line in summary_lines(result.stdout):
         match = TABLE_LINE.match(line)
         if match:
             counts = out.setdefault(match.group(1), dict.fromkeys(COUNTS, 0))
@@ -72,7 +72,7 @@ def rows_from_summary(result: Result, run_id: str, started: datetime, finished: 
     """The run-history rows of one run, read back from what it printed."""
     rows, current, counts = [], None, summary_counts(result)
     seconds = (finished - started).total_seconds()
-    for line in result.stdout.splitlines():
+    for line in summary_lines(result.stdout):
         match = SOURCE_LINE.match(line)
         if match:
             source, state, requests, retries = match.groups()
