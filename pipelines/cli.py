@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from practice_sync import interrupt, logs
 from practice_sync.errors import ConfigError, ExitCode, find_cause, is_expected
@@ -63,26 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run_cmd = commands.add_parser(
-        "run", parents=[common], help="load every configured source, then transform"
-    )
-    run_cmd.add_argument(
-        "--source", choices=SOURCE_NAMES, action="append", help="only this source (repeatable)"
-    )
-    run_cmd.add_argument(
-        "--allow-deletions",
-        action="store_true",
-        help="retire records that vanished upstream even when unusually many did",
-    )
-    run_cmd.add_argument("--database", help=DATABASE_HELP)
-    run_cmd.add_argument("--quiet", action="store_true", help="no progress lines")
-    run_cmd.add_argument(
-        "--wait-for-lock",
-        type=_duration,
-        default=0.0,
-        metavar="DURATION",
-        help="wait this long (e.g. 30s, 10m, 1h) for another run to release the warehouse",
-    )
+    _add_run(commands, common)
 
     transform_cmd = commands.add_parser(
         "transform", parents=[common], help="rebuild analytics from loaded data"
@@ -114,6 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_command(commands, common)
     html_report.add_command(commands, common)
     return parser
+
+
+def _add_run(commands: Any, common: argparse.ArgumentParser) -> None:
+    run_cmd = commands.add_parser(
+        "run", parents=[common], help="load every configured source, then transform"
+    )
+    run_cmd.add_argument(
+        "--source", choices=SOURCE_NAMES, action="append", help="only this source (repeatable)"
+    )
+    run_cmd.add_argument(
+        "--allow-deletions",
+        action="store_true",
+        help="retire records that vanished upstream even when unusually many did",
+    )
+    run_cmd.add_argument("--database", help=DATABASE_HELP)
+    run_cmd.add_argument("--quiet", action="store_true", help="no progress lines")
+    run_cmd.add_argument(
+        "--wait-for-lock",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long (e.g. 30s, 10m, 1h) for another run to release the warehouse",
+    )
 
 
 def _version() -> str:
