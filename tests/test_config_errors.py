@@ -139,7 +139,6 @@ def test_debug_shows_the_traceback(env: Env, tmp_path: Path) -> None:
     assert "Traceback" in result.stderr
 
 
-@pytest.mark.serial
 def test_two_real_runs_at_once(sim: Simulator, env: Env) -> None:
     # the first run is held inside its sweep until the second one has tried, whatever the load
     inside, release = threading.Event(), threading.Event()

@@ -36,7 +36,6 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@pytest.mark.serial
 @pytest.mark.slow
 def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> None:
     command = [sys.executable, "-m", "practice_sync.simulator", "--port", "0", "--sessions", "50"]
@@ -59,7 +58,6 @@ def test_simulator_command_line_stops_on_every_signal_50_times_in_a_row() -> Non
         process.stdout.close()
 
 
-@pytest.mark.serial
 @pytest.mark.parametrize(
     ("sig", "where"), [(signal.SIGINT, "thread"), (signal.SIGTERM, "process")]
 )

@@ -458,7 +458,6 @@ def test_fault_times_after_status_and_clear(fresh):
         Fault(r"/x", "teapot")
 
 
-@pytest.mark.serial
 def test_latency_is_applied_and_overlaps(fresh):
     # margins far above scheduling noise, so a loaded 2-core machine cannot fail this
     sim = fresh
