@@ -1,0 +1,104 @@
+"""What the on-call person reads: timestamped log lines or JSON lines, progress in a log file,
+--version, and a run history that failed and interrupted runs write too."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+from conftest import Env
+
+from practice_sync.simulator import Simulator
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|ERROR) +practice-sync: ")
+
+
+def test_version(env: Env) -> None:
+    from importlib.metadata import version
+
+    result = env.run("--version")
+    assert result.code == 0
+    assert result.stdout.strip() == f"practice-sync {version('practice-sync')}"
+
+
+def test_every_log_line_has_a_utc_timestamp_and_a_level(env: Env) -> None:
+    env.vars["SOURCES__BIZSTIM__API_KEY"] = "wrong-key"  # so stderr has an error too
+    result = env.run("run")
+    assert result.code == 5
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) > 5
+    assert [line for line in lines if not LINE.match(line)] == []
+    assert any(" ERROR   practice-sync: Bizstim rejected the credentials" in x for x in lines)
+    assert any(" INFO    practice-sync: timetap: ok" in x for x in lines)
+
+
+def test_json_logs_carry_the_events_fields(sim: Simulator, env: Env) -> None:
+    result = env.run("run", "--log-format", "json")
+    assert result.code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    finished = {e["source"]: e for e in events if e["event"] == "source_finished"}
+    assert finished["bizstim"]["tables"]["sessions"]["new"] == len(sim.bizstim.rows())
+    assert finished["bizstim"]["requests"] >= 1 and finished["bizstim"]["outcome"] == "ok"
+    assert set(finished["timetap"]["tables"]) == {"packages", "packages_sold"}
+    assert set(finished["bizstim"]["phases"]) == {"extract", "normalize", "load"}
+    run = next(e for e in events if e["event"] == "run_finished")
+    assert (run["exit_code"], run["warehouse"]) == (0, str(env.database))
+    assert run["duration_s"] > 0 and run["analytics"]["sessions"] == len(sim.bizstim.rows())
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", e["ts"]) for e in events)
+
+
+def test_progress_lines_reach_a_log_file_on_time(sim: Simulator, env: Env) -> None:
+    sim.latency = 0.03
+    env.vars.update(
+        PRACTICE_SYNC__PROGRESS_INTERVAL="0.3",
+        SOURCES__TIMETAP__CONCURRENCY="1",  # 120 clients, one at a time: a few seconds
+    )
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    progress = [x for x in result.stdout.splitlines() if "practice-sync: TimeTap clients:" in x]
+    assert len(progress) >= 3, result.stdout
+    pattern = r"TimeTap clients: ([\d,]+) / 120 \(\d+%\), [\d,]+/s(, about \d+ (min \d+ )?s left)?$"
+    done = [int(re.search(pattern, x).group(1).replace(",", "")) for x in progress]
+    assert done == sorted(done) and done[-1] == 120
+    assert any("left" in x for x in progress[:-1])
+
+
+def history(env: Env) -> list[tuple]:
+    return env.query(
+        "select source, outcome, exit_code, requests > 0, rows_current, error "
+        "from ops.run_history order by finished_at, source"
+    )
+
+
+def test_run_history_records_ok_failed_and_interrupted_runs(
+    sim: Simulator, env: Env, tmp_path: Path
+) -> None:
+    assert env.run("run").code == 0
+    sessions, sold = len(sim.bizstim.rows()), len(sim.timetap.packages_sold())
+    packages = len(sim.timetap.active_packages())
+    env.vars["SOURCES__BIZSTIM__API_KEY"] = "wrong-key"
+    assert env.run("run").code == 5
+    env.vars["SOURCES__BIZSTIM__API_KEY"] = sim.bizstim_api_key
+    paused = tmp_path / "paused"
+    env.vars.update(PRACTICE_SYNC_PAUSEPOINT="after-normalize", PRACTICE_SYNC_PAUSEFILE=str(paused))
+    process = env.start("run")
+    deadline = time.monotonic() + 120
+    while not paused.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 143
+    rows = history(env)
+    assert [r[:3] for r in rows] == [
+        ("analytics", "ok", 0), ("bizstim", "ok", 0), ("timetap", "ok", 0),
+        ("analytics", "ok", 0), ("bizstim", "failed", 5), ("timetap", "ok", 0),
+        ("analytics", "interrupted", 143), ("bizstim", "interrupted", 143),
+    ]  # fmt: skip
+    assert rows[1][3:5] == (True, sessions) and rows[2][4] == packages + sold
+    assert rows[4][5].startswith("Bizstim rejected the credentials")
+    # the serving file carries the history too, for `status`
+    serving = Env({}, env.database.with_name("practice_sync_analytics.duckdb"))
+    assert serving.query("select count(*) from ops.run_history") == [(6,)]
