@@ -113,6 +113,12 @@ def _add_run(commands: Any, common: argparse.ArgumentParser) -> None:
     run_cmd.add_argument("--database", help=DATABASE_HELP)
     run_cmd.add_argument("--quiet", action="store_true", help="no progress lines")
     run_cmd.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="reload the sources (or those named by --source) from scratch; readers keep the "
+        "serving file of the last night until the new load and rebuild are complete",
+    )
+    run_cmd.add_argument(
         "--wait-for-lock",
         type=_duration,
         default=0.0,
@@ -209,6 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             allow_deletions=args.allow_deletions,
             show_progress=not args.quiet,
             wait_for_lock=args.wait_for_lock,
+            full_refresh=args.full_refresh,
         )
         report, code = run(job)
         return _finish(report, code)

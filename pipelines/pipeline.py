@@ -93,6 +93,7 @@ class Job:
     show_progress: bool = True
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> kwargs
     wait_for_lock: float = 0.0  # seconds to wait for another run to release the warehouse
+    full_refresh: bool = False  # reload the chosen sources from scratch (their history restarts)
 
     @property
     def pipelines_dir(self) -> Path:
@@ -277,12 +278,17 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
     )
     dlt_glue.discard_interrupted_extracts(pipeline)
     started = datetime.now(UTC)
+    # a full refresh compares with nothing: its tables are replaced when the new load lands
+    reader = context.RunContext(report).read_current
+    if not job.full_refresh:
+        reader = functools.partial(warehouse.current_rows, job.database)
     run_context = context.RunContext(
         report,
         allow_deletions=job.allow_deletions,
         show_progress=job.show_progress,
-        read_current=functools.partial(warehouse.current_rows, job.database),
+        read_current=reader,
     )
+    refresh = "drop_sources" if job.full_refresh else None
     try:
         if pipeline.has_pending_data:
             report.notes.append("finished a load left over from an interrupted run")
@@ -291,7 +297,9 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
         kwargs = job.overrides.get(spec.name, {})
         with context.running(spec.name, run_context), phase(report.phases, "extract"):
             spec.extract_policy(
-                lambda: pipeline.extract(spec.factory(**kwargs), loader_file_format="parquet")
+                lambda: pipeline.extract(
+                    spec.factory(**kwargs), loader_file_format="parquet", refresh=refresh
+                )
             )
         failpoint("after-extract")
         with phase(report.phases, "normalize"):

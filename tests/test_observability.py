@@ -102,3 +102,42 @@ def test_run_history_records_ok_failed_and_interrupted_runs(
     # the serving file carries the history too, for `status`
     serving = Env({}, env.database.with_name("practice_sync_analytics.duckdb"))
     assert serving.query("select count(*) from ops.run_history") == [(6,)]
+
+
+def test_full_refresh_reloads_one_source_while_readers_keep_last_night(
+    sim: Simulator, env: Env, tmp_path: Path
+) -> None:
+    assert env.run("run").code == 0
+    sim.bizstim.night_of_changes(edit=0.1, delete=0.02, new=0.05, seed=4)
+    assert env.run("run").code == 0
+    versions = env.query("select count(*) from bizstim.sessions")[0][0]
+    assert versions > len(sim.bizstim.rows())  # history: edited sessions have two versions
+    timetap_before = env.query("select count(*), max(_dlt_load_id) from timetap.packages_sold")
+    serving = Env({}, env.database.with_name("practice_sync_analytics.duckdb"))
+    yesterday = serving.query("select count(*) from analytics.sessions")
+    sim.bizstim.add()
+
+    paused = tmp_path / "paused"
+    env.vars.update(PRACTICE_SYNC_PAUSEPOINT="after-normalize", PRACTICE_SYNC_PAUSEFILE=str(paused))
+    process = env.start("run", "--full-refresh", "--source", "bizstim")
+    deadline = time.monotonic() + 120
+    while not paused.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    assert serving.query("select count(*) from analytics.sessions") == yesterday  # readable
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 143  # an interrupted refresh changes nothing
+    assert env.query("select count(*) from bizstim.sessions")[0][0] == versions
+
+    del env.vars["PRACTICE_SYNC_PAUSEPOINT"]
+    result = env.run("run", "--full-refresh", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    rows = sim.bizstim.rows()
+    assert f"bizstim.sessions: {len(rows):,} new, 0 changed, 0 retired" in result.stdout
+    assert env.query("select count(*), count(distinct id) from bizstim.sessions") == [
+        (len(rows), len(rows))  # from scratch: one version per session
+    ]
+    assert serving.query("select count(*) from analytics.sessions") == [(len(rows),)]
+    assert env.query("select count(*), max(_dlt_load_id) from timetap.packages_sold") == (
+        timetap_before
+    )
