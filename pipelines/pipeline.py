@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dlt
 import duckdb
@@ -288,7 +288,7 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
         show_progress=job.show_progress,
         read_current=reader,
     )
-    refresh = "drop_sources" if job.full_refresh else None
+    refresh: Literal["drop_sources"] | None = "drop_sources" if job.full_refresh else None
     try:
         if pipeline.has_pending_data:
             report.notes.append("finished a load left over from an interrupted run")
