@@ -141,3 +141,39 @@ def test_full_refresh_reloads_one_source_while_readers_keep_last_night(
     assert env.query("select count(*), max(_dlt_load_id) from timetap.packages_sold") == (
         timetap_before
     )
+
+
+def test_on_a_terminal_progress_is_a_bar_redrawn_in_place(sim: Simulator, env: Env) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    sim.latency = 0.02
+    env.vars["SOURCES__TIMETAP__CONCURRENCY"] = "1"
+    main, child = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "practice_sync.cli", "run", "--source", "timetap"],
+        env={**os.environ, **env.vars},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+    )
+    os.close(child)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(main)
+        assert process.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    redraws = re.findall(r"\rTimeTap clients: ([\d,]+) / 120", text)
+    assert len(redraws) >= 3 and redraws[-1] == "120"
+    assert "TimeTap clients" not in text.split("\r")[0]  # only ever drawn in place
