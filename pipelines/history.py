@@ -20,7 +20,7 @@ COLUMNS = (
     ("source", "varchar"),  # 'bizstim' | 'timetap' | 'analytics' (the rebuild)
     ("started_at", "timestamptz"),
     ("finished_at", "timestamptz"),
-    ("duration_s", "double"),
+    ("duration_s", "double"),  # this source's own steps (extract, normalize, load)
     ("outcome", "varchar"),  # ok | withheld | failed | skipped | interrupted
     ("exit_code", "integer"),
     ("requests", "bigint"),
@@ -60,7 +60,7 @@ def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[t
         tables = source.tables.values()
         out.append(
             (
-                report.run_id, source.name, started, finished, report.seconds, outcome,
+                report.run_id, source.name, started, finished, sum(source.phases.values()), outcome,
                 source_code, source.http.requests, source.http.retries,
                 sum(t.new for t in tables), sum(t.changed for t in tables),
                 sum(t.retired for t in tables), sum(t.current for t in tables),
@@ -75,7 +75,8 @@ def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[t
         analytics = ("ok", 0)
     out.append(
         (
-            report.run_id, "analytics", started, finished, report.seconds, analytics[0],
+            report.run_id, "analytics", started, finished, sum(report.phases.values()),
+            analytics[0],
             analytics[1], None, None, None, None, None, None,
             report.data_issues, report.transform_error,
         )
