@@ -77,7 +77,11 @@ class DeletionGuard:
         run = context.current(self.source)
         condition = f"({self.current_condition}) and not ({spare})"
         held = run.current(self.source, self.table, [self.key], self.current_condition)[self.key]
-        kept = run.current(self.source, self.table, [self.key], condition)[self.key]
+        kept = (
+            held
+            if spare == "false"
+            else run.current(self.source, self.table, [self.key], condition)[self.key]
+        )
         seen_ids = _as_array(seen)
         candidates = pc.drop_null(_as_array(kept))
         gone = candidates.filter(pc.invert(pc.is_in(candidates, value_set=seen_ids)))

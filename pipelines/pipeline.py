@@ -21,7 +21,7 @@ from typing import Any, Literal
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, history, interrupt, serve, warehouse
+from practice_sync import context, dlt_glue, history, interrupt, serve, status, warehouse
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -210,7 +210,7 @@ def _close(
     config = duckdb_config()
     try:
         with contextlib.closing(duckdb.connect(str(database), config=config)) as con:
-            report.issues_by_source = _issues_by_source(con)
+            report.issues_by_source = status.issues_by_source(con) or {}
             history.record(con, history.rows(report, code, signal_code))
             if signal_code is None:
                 with phase(report.phases, "publish"):
@@ -223,13 +223,6 @@ def _close(
         report.transform_error = report.transform_error or str(exc)
         return ExitCode(code) if code else ExitCode.LOAD_FAILED
     return ExitCode(code) if signal_code is None else ExitCode.OK
-
-
-def _issues_by_source(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    if not warehouse.table_exists(con, "analytics", "data_issues"):
-        return {}
-    counts = con.execute("select source, count(*) from analytics.data_issues group by 1")
-    return {str(source): int(count) for source, count in counts.fetchall()}
 
 
 def transform(database: Path) -> tuple[RunReport, ExitCode]:

@@ -137,12 +137,10 @@ def open_serving(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    rows = con.execute(
-        "select count(*) from duckdb_tables() where database_name = current_database() "
-        "and schema_name = ? and table_name = ?",
-        [schema, table],
-    ).fetchall()
-    return bool(rows[0][0])
+    # imported here: `practice-sync --help` should not pay for dlt
+    from practice_sync.warehouse import table_exists
+
+    return table_exists(con, schema, table)
 
 
 def issues_by_source(con: duckdb.DuckDBPyConnection) -> dict[str, int] | None:

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (DEBUG|INFO|WARNING|
 def messages(stream: str) -> list[str]:
     """The lines of a run's output without their log timestamp and level."""
     return [_LOG_PREFIX.sub("", line) for line in stream.splitlines()]
+
+
+def wait_until_paused(process: subprocess.Popen, paused: Path, timeout: float = 120) -> None:
+    """Wait for a run started with PRACTICE_SYNC_PAUSEPOINT to reach its pause point."""
+    deadline = time.monotonic() + timeout
+    while not paused.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.returncode
+        time.sleep(0.05)
 
 
 def summary_lines(stream: str) -> list[str]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 from pathlib import Path
 
-from conftest import Env
+from conftest import Env, wait_until_paused
 
 from practice_sync.simulator import Simulator
 
@@ -85,10 +84,7 @@ def test_run_history_records_ok_failed_and_interrupted_runs(
     paused = tmp_path / "paused"
     env.vars.update(PRACTICE_SYNC_PAUSEPOINT="after-normalize", PRACTICE_SYNC_PAUSEFILE=str(paused))
     process = env.start("run")
-    deadline = time.monotonic() + 120
-    while not paused.exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_paused(process, paused)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 143
     rows = history(env)
@@ -120,10 +116,7 @@ def test_full_refresh_reloads_one_source_while_readers_keep_last_night(
     paused = tmp_path / "paused"
     env.vars.update(PRACTICE_SYNC_PAUSEPOINT="after-normalize", PRACTICE_SYNC_PAUSEFILE=str(paused))
     process = env.start("run", "--full-refresh", "--source", "bizstim")
-    deadline = time.monotonic() + 120
-    while not paused.exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_paused(process, paused)
     assert serving.query("select count(*) from analytics.sessions") == yesterday  # readable
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 143  # an interrupted refresh changes nothing

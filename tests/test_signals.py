@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, Env, messages, spawn
+from conftest import ROOT, Env, messages, spawn, wait_until_paused
 from test_crash import assert_warehouse_equals_upstream
 
 from practice_sync import interrupt
@@ -153,10 +153,7 @@ def test_a_signal_at_any_step_exits_with_its_code_and_the_next_run_recovers(
         PRACTICE_SYNC_PAUSEFILE=str(paused),
     )
     process = env.start("run", capture=True)
-    deadline = time.monotonic() + 120
-    while not paused.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
+    wait_until_paused(process, paused)
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=15)
     assert process.returncode == 128 + sig, stderr
