@@ -39,24 +39,30 @@ class RunContext:
         return self.read_current(dataset, table, columns, condition)
 
 
-_contexts: dict[str, RunContext] = {}
-_lock = threading.Lock()
+# per thread: accounts of one source extract concurrently, each in its own thread (dlt runs a
+# resource's generator in the thread that called `extract`), and each must see its own context
+_local = threading.local()
+
+
+def _contexts() -> dict[str, RunContext]:
+    found: dict[str, RunContext] | None = getattr(_local, "contexts", None)
+    if found is None:
+        found = _local.contexts = {}
+    return found
 
 
 def current(source: str) -> RunContext:
-    """The context of the run loading `source`, or a fresh quiet one outside a run."""
-    with _lock:
-        found = _contexts.get(source)
+    """The context of the run loading `source` in this thread, or a fresh quiet one outside a
+    run."""
+    found = _contexts().get(source)
     return found if found is not None else RunContext(SourceReport(source))
 
 
 @contextlib.contextmanager
 def running(source: str, context: RunContext) -> Iterator[RunContext]:
-    """Make `context` the one `source`'s resources see while the block extracts it."""
-    with _lock:
-        _contexts[source] = context
+    """Make `context` the one `source`'s resources see while this thread extracts it."""
+    _contexts()[source] = context
     try:
         yield context
     finally:
-        with _lock:
-            _contexts.pop(source, None)
+        _contexts().pop(source, None)

@@ -45,6 +45,7 @@ def columns(key: str, others: dict[str, dict[str, Any]]) -> Any:
         **others,
         key: {"data_type": "text", "nullable": True, "merge_key": False},
         VANISHED: {"data_type": "bool", "nullable": True},
+        "account": {"data_type": "text", "nullable": True},  # the account's name, every row
     }
 
 

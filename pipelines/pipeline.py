@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,17 @@ from typing import Any, Literal
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, history, interrupt, serve, status, warehouse
+from practice_sync import (
+    accounts,
+    context,
+    dlt_glue,
+    history,
+    interrupt,
+    rows,
+    serve,
+    status,
+    warehouse,
+)
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -46,21 +57,21 @@ class SourceSpec:
     title: str
     secrets: tuple[str, ...]
     tables: Mapping[str, str]  # raw table -> its id column, for the change summary
-    factory: Callable[..., Any]
+    factory: Callable[[], Any]  # the dlt source factory (imported when first needed)
     # how to run one extract: Bizstim reads its listing again when it moved under the sweep
     extract_policy: Callable[[Callable[[], object]], None] = _extract_once
 
 
-def _bizstim(**kwargs: Any) -> Any:
+def _bizstim() -> Any:
     from practice_sync.bizstim import bizstim
 
-    return bizstim(**kwargs)
+    return bizstim
 
 
-def _timetap(**kwargs: Any) -> Any:
+def _timetap() -> Any:
     from practice_sync.timetap import timetap
 
-    return timetap(**kwargs)
+    return timetap
 
 
 def _until_settled(extract: Callable[[], object]) -> None:
@@ -106,47 +117,76 @@ database_from_config = warehouse.database_from_config
 duckdb_config = warehouse.duckdb_config
 
 
-def configured_sources(job: Job) -> list[tuple[SourceSpec, str | None]]:
-    """Each source to consider with the reason it is skipped (None: it runs).
+@dataclass(frozen=True)
+class AccountLoad:
+    """One account of one source to load, or to skip with a reason."""
+
+    spec: SourceSpec
+    account: str = accounts.DEFAULT
+    listed: bool = False  # named in sources.<source>.accounts: settings read as a clone's
+    skipped: str | None = None
+
+    @property
+    def label(self) -> str:
+        return accounts.label(self.spec.name, self.account)
+
+    @property
+    def dataset(self) -> str:
+        return accounts.dataset(self.spec.name, self.account)
+
+    @property
+    def title(self) -> str:
+        suffix = f" account {self.account}" if self.listed else ""
+        return f"{self.spec.title}{suffix}"
+
+
+def configured_loads(job: Job) -> list[AccountLoad]:
+    """Each source's accounts to consider, with the reason one is skipped (None: it runs).
 
     A source without credentials is skipped only if it never loaded into this warehouse: one
-    that did and now has none (a typo in a renamed setting, say) fails the run instead.
+    that did and now has none (a typo in a renamed setting, say) fails the run instead. An
+    account listed in `sources.<source>.accounts` without credentials is a configuration error.
     """
     chosen = list(job.sources) if job.sources else list(SOURCES)
-    out: list[tuple[SourceSpec, str | None]] = []
+    out: list[AccountLoad] = []
     for name in chosen:
         spec = SOURCES[name]
-        given = job.overrides.get(name, {})
-        missing = [
-            key
-            for key in spec.secrets
-            if not given.get(key) and not dlt.secrets.get(f"sources.{name}.{key}")
-        ]
-        settings = ", ".join(
-            f"sources.{name}.{k} (SOURCES__{name.upper()}__{k.upper()})" for k in missing
-        )
-        if missing and job.sources:
-            raise ConfigError(
-                f"{spec.title} was asked for but has no credentials: set {settings} "
-                f"({_settings_read()})."
-            )
-        if missing and warehouse.has_dataset(job.database, name):
-            raise ConfigError(
-                f"{spec.title} has loaded into {job.database} before but has no credentials now: "
-                f"set {settings} ({_settings_read()})."
-            )
-        reason = (
-            f"no credentials: set SOURCES__{name.upper()}__{missing[0].upper()}"
-            if missing
-            else None
-        )
-        out.append((spec, reason))
-    if all(reason for _, reason in out):
+        listed = accounts.configured(name)
+        for account in listed or [accounts.DEFAULT]:
+            out.append(_account_load(job, spec, account, bool(listed)))
+    if all(load.skipped for load in out):
         raise ConfigError(
             "No source has credentials: set SOURCES__BIZSTIM__API_KEY, or SOURCES__TIMETAP__API_KEY "
             f"and SOURCES__TIMETAP__PRIVATE_KEY, or fill secrets.toml ({_settings_read()})."
         )
     return out
+
+
+def _account_load(job: Job, spec: SourceSpec, account: str, listed: bool) -> AccountLoad:
+    """One account with the reason it is skipped, or a `ConfigError` when it may not be."""
+    name = spec.name
+    given = job.overrides.get(name, {})
+    missing = [
+        key
+        for key in spec.secrets
+        if not given.get(key) and not accounts.secret_given(name, account, key, listed)
+    ]
+    load = AccountLoad(spec, account, listed)
+    if not missing:
+        return load
+    spelled = [accounts.setting(name, account, key, listed) for key in missing]
+    settings = ", ".join(f"{path} ({env})" for path, env in spelled)
+    if job.sources or listed:
+        raise ConfigError(
+            f"{load.title} was asked for but has no credentials: set {settings} "
+            f"({_settings_read()})."
+        )
+    if warehouse.has_dataset(job.database, load.dataset):
+        raise ConfigError(
+            f"{load.title} has loaded into {job.database} before but has no credentials now: "
+            f"set {settings} ({_settings_read()})."
+        )
+    return AccountLoad(spec, account, listed, f"no credentials: set {spelled[0][1]}")
 
 
 def _settings_read() -> str:
@@ -177,27 +217,61 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
 
 def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
     codes: list[ExitCode] = []
-    for spec, skipped in configured_sources(job):
-        source_report = SourceReport(spec.name)
-        report.sources.append(source_report)
-        if skipped:
-            source_report.skipped = skipped
-            continue
-        try:
-            _load_source(spec, job, source_report)
-        except PracticeSyncError as exc:
-            source_report.error = str(exc)
-            source_report.exit_code = int(exc.exit_code)
-            codes.append(exc.exit_code)
-        source_report.finished = True
-        if source_report.withheld:
-            codes.append(ExitCode.DELETIONS_WITHHELD)
+    loads = configured_loads(job)
+    for source in dict.fromkeys(load.spec.name for load in loads):
+        mine = [load for load in loads if load.spec.name == source]
+        codes += _load_accounts(mine, job, report)
     try:
         _transform_into(job.database, report)
     except TransformFailed as exc:
         report.transform_error = str(exc)
         codes.append(exc.exit_code)
     return _worst(codes)
+
+
+def _load_accounts(loads: Sequence[AccountLoad], job: Job, report: RunReport) -> list[ExitCode]:
+    """Load one source's accounts, `practice_sync.account_concurrency` at a time; one account's
+    failure is recorded in its own report and never stops or rolls back the others."""
+    reports = [SourceReport(load.label, account=load.account) for load in loads]
+    report.sources.extend(reports)
+    todo = [(load, rep) for load, rep in zip(loads, reports, strict=True) if not load.skipped]
+    for load, rep in zip(loads, reports, strict=True):
+        rep.skipped = load.skipped
+    workers = min(accounts.concurrency(), len(todo))
+    if workers <= 1:
+        outcomes = [_outcome(_load_account, load, job, rep) for load, rep in todo]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="practice-sync-account") as pool:
+            futures = [pool.submit(_outcome, _load_account, load, job, rep) for load, rep in todo]
+            outcomes = [future.result() for future in futures]
+    for outcome in outcomes:  # a bug or a stop request, raised once every account has ended
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [code for outcome in outcomes if outcome is not None for code in outcome]
+
+
+def _outcome(work: Callable[..., list[ExitCode]], *args: Any) -> list[ExitCode] | BaseException:
+    try:
+        return work(*args)
+    except BaseException as exc:  # handed back to the caller, which raises it
+        return exc
+
+
+def _load_account(load: AccountLoad, job: Job, report: SourceReport) -> list[ExitCode]:
+    """One account's load; its expected failure becomes its report's error and exit code."""
+    codes: list[ExitCode] = []
+    try:
+        _load_source(load, job, report)
+    except PracticeSyncError as exc:
+        report.error = str(exc)
+        if load.listed:
+            report.error += f" (account {load.account} of sources.{load.spec.name}.accounts)"
+        report.exit_code = int(exc.exit_code)
+        codes.append(exc.exit_code)
+    report.finished = True
+    if report.withheld:
+        codes.append(ExitCode.DELETIONS_WITHHELD)
+    return codes
 
 
 def _close(
@@ -258,12 +332,14 @@ def _worst(codes: Sequence[ExitCode]) -> ExitCode:
     return failures[0] if failures else ExitCode.DELETIONS_WITHHELD
 
 
-def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
-    """Extract, normalize and load one source step by step: a crash between the steps is
-    recovered on the next run, which first finishes a complete extract left behind."""
+def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
+    """Extract, normalize and load one account step by step: a crash between the steps is
+    recovered on the next run, which first finishes a complete extract left behind. Accounts
+    extract concurrently; their writes to the one DuckDB file take turns (`warehouse.access`)."""
+    spec = load.spec
     pipeline = dlt_glue.make_pipeline(
-        f"{PIPELINE_PREFIX}_{spec.name}",
-        spec.name,
+        f"{PIPELINE_PREFIX}_{load.dataset}",
+        load.dataset,
         job.database,
         job.pipelines_dir,
         warehouse.duckdb_config(),
@@ -271,52 +347,79 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
     )
     dlt_glue.discard_interrupted_extracts(pipeline)
     started = datetime.now(UTC)
-    # a full refresh compares with nothing: its tables are replaced when the new load lands
+    run_context = _run_context(load, job, report)
+    refresh: Literal["drop_sources"] | None = "drop_sources" if job.full_refresh else None
+    try:
+        if pipeline.has_pending_data:
+            report.notes.append("finished a load left over from an interrupted run")
+            _normalize_and_load(pipeline, load, job, report)
+        kwargs = job.overrides.get(spec.name, {})
+        with context.running(spec.name, run_context), phase(report.phases, "extract"):
+            spec.extract_policy(
+                lambda: pipeline.extract(
+                    _account_source(load, kwargs), loader_file_format="parquet", refresh=refresh
+                )
+            )
+        failpoint("after-extract")
+        _normalize_and_load(pipeline, load, job, report)
+    except Exception as exc:
+        explained = _explain(exc, load, job)
+        if explained is None:
+            raise
+        # our own sentences stand alone: a chained dlt error could quote a URL with a key in it
+        raise explained from (exc if isinstance(explained, LoadFailed) else None)
+    report.tables = warehouse.table_changes(job.database, load.dataset, spec.tables, started)
+
+
+def _run_context(load: AccountLoad, job: Job, report: SourceReport) -> context.RunContext:
+    """What the account's resources see: the guard reads the account's own dataset, whatever
+    dataset name the resource asks for; a full refresh compares with nothing (its tables are
+    replaced when the new load lands)."""
     reader = context.RunContext(report).read_current
     if not job.full_refresh:
-        reader = functools.partial(warehouse.current_rows, job.database)
-    run_context = context.RunContext(
+
+        def reader(dataset: str, table: str, columns: Sequence[str], condition: str) -> Any:
+            return warehouse.current_rows(job.database, load.dataset, table, columns, condition)
+
+    return context.RunContext(
         report,
         allow_deletions=job.allow_deletions,
         show_progress=job.show_progress,
         read_current=reader,
     )
-    refresh: Literal["drop_sources"] | None = "drop_sources" if job.full_refresh else None
-    try:
-        if pipeline.has_pending_data:
-            report.notes.append("finished a load left over from an interrupted run")
-            pipeline.normalize()
-            pipeline.load()
-        kwargs = job.overrides.get(spec.name, {})
-        with context.running(spec.name, run_context), phase(report.phases, "extract"):
-            spec.extract_policy(
-                lambda: pipeline.extract(
-                    spec.factory(**kwargs), loader_file_format="parquet", refresh=refresh
-                )
-            )
-        failpoint("after-extract")
+
+
+def _account_source(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
+    """The account's dlt source, every table of it stamped with the account's name."""
+    factory = accounts.source_for(load.spec.factory(), load.spec.name, load.account, load.listed)
+    source = factory(**kwargs)
+    stamp = functools.partial(rows.with_column, accounts.ACCOUNT_COLUMN, load.account)
+    for resource in source.resources.values():
+        resource.add_map(stamp)
+    return source
+
+
+def _normalize_and_load(
+    pipeline: dlt.Pipeline, load: AccountLoad, job: Job, report: SourceReport
+) -> None:
+    """Normalize and load under the warehouse's one-writer lock, then name the account on rows
+    loaded before accounts existed (a single-account warehouse upgrading in place)."""
+    with warehouse.access:
         with phase(report.phases, "normalize"):
             pipeline.normalize()
         failpoint("after-normalize")
         with phase(report.phases, "load"):
             pipeline.load()
-    except Exception as exc:
-        explained = _explain(exc, spec, job)
-        if explained is None:
-            raise
-        # our own sentences stand alone: a chained dlt error could quote a URL with a key in it
-        raise explained from (exc if isinstance(explained, LoadFailed) else None)
-    report.tables = warehouse.table_changes(job.database, spec.name, spec.tables, started)
+        warehouse.stamp_account(job.database, load.dataset, load.account)
 
 
-def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | None:
+def _explain(exc: Exception, load: AccountLoad, job: Job) -> PracticeSyncError | None:
     """The one-sentence error a person can act on, or None when `exc` is a bug."""
+    spec = load.spec
     setting = dlt_glue.missing_setting(exc)
     if setting is not None:
-        return ConfigError(
-            f"{spec.title} is missing a setting: set sources.{spec.name}.{setting} "
-            f"(SOURCES__{spec.name.upper()}__{setting.upper()})."
-        )
+        path, env = accounts.setting(spec.name, load.account, setting, load.listed)
+        return ConfigError(f"{load.title} is missing a setting: set {path} ({env}).")
     expected = is_expected(exc)
     if expected is not None:
         return expected

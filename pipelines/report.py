@@ -47,7 +47,8 @@ class TableChange:
 class SourceReport:
     """Filled by a source while it extracts and by the pipeline after it loads."""
 
-    name: str
+    name: str  # "bizstim", or "bizstim.uptown" for a listed account other than default
+    account: str = "default"
     http: HttpStats = field(default_factory=HttpStats)
     rows_read: dict[str, int] = field(default_factory=dict)
     sweeps: int = 0
@@ -88,6 +89,7 @@ class SourceReport:
         """This source's figures for JSON logs."""
         return {
             "source": self.name,
+            "account": self.account,
             "outcome": "skipped" if self.skipped else "failed" if self.error else "ok",
             "requests": self.http.requests,
             "retries": self.http.retries,

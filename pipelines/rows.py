@@ -43,6 +43,14 @@ def text_columns(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     return columns
 
 
+def with_column(name: str, value: str, item: Any) -> Any:
+    """`item` with a constant text column added (an account's name on every row of a page);
+    anything that is not an Arrow table passes unchanged."""
+    if isinstance(item, pa.Table) and name not in item.column_names:
+        return item.append_column(name, pa.array([value] * item.num_rows, pa.string()))
+    return item
+
+
 LONG_VALUE = 100_000  # characters; longer values load in full but are reported
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -24,6 +25,9 @@ from practice_sync.errors import ConfigError, LoadFailed, WarehouseLocked
 from practice_sync.report import TableChange
 
 DEFAULT_DATABASE = "practice_sync.duckdb"
+# DuckDB admits one writer, and in one process every connection to a file must share one
+# configuration: accounts extracting concurrently take turns for every open of the warehouse
+access = threading.RLock()
 DEFAULT_MEMORY_LIMIT = "512MB"
 SETTING = "destination.duckdb.credentials (DESTINATION__DUCKDB__CREDENTIALS)"
 
@@ -134,8 +138,26 @@ def has_dataset(database: Path, dataset: str) -> bool:
     return bool(rows[0][0])
 
 
-def _read_only(database: Path) -> contextlib.closing[duckdb.DuckDBPyConnection]:
-    return contextlib.closing(duckdb.connect(str(database), read_only=True))
+@contextlib.contextmanager
+def _read_only(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    with access, contextlib.closing(duckdb.connect(str(database), read_only=True)) as con:
+        yield con
+
+
+def stamp_account(database: Path, dataset: str, account: str) -> None:
+    """Name the account on raw rows loaded before accounts existed (`account` NULL): a
+    single-account warehouse upgrades in place, its history kept, as account `default`."""
+    if not database.exists():
+        return
+    with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+        tables = con.execute(
+            "select table_name from duckdb_columns() where schema_name = ? and column_name = ?",
+            [dataset, "account"],
+        ).fetchall()
+        for (table,) in tables:
+            con.execute(
+                f'update "{dataset}"."{table}" set account = ? where account is null', [account]
+            )
 
 
 def current_rows(

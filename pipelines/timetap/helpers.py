@@ -263,6 +263,7 @@ def fetch_problems(missing_clients: Sequence[str]) -> Any:
         columns={
             "client_id": {"data_type": "text", "nullable": True},
             "problem": {"data_type": "text", "nullable": True},
+            "account": {"data_type": "text", "nullable": True},
         },
     )
     return dlt.mark.with_hints(table, hints, create_table_variant=True)
