@@ -9,7 +9,9 @@ Two kinds of file:
 A file's leading comment block says what it reads, so the run order needs no naming convention:
 
     -- requires: bizstim.sessions           raw tables; the file is skipped when one is missing,
-                                            so a source that is not configured builds nothing
+                                            so a source that is not configured builds nothing;
+                                            the model reads them as `raw_bizstim__sessions`, the
+                                            union of every account's dataset with `account`
     -- depends_on: stg_bizstim__sessions    models; they run first, and a model whose dependency
                                             was skipped is skipped too
 
@@ -32,9 +34,8 @@ from pathlib import Path
 
 import duckdb
 
-from practice_sync import interrupt
+from practice_sync import accounts, interrupt
 from practice_sync.failpoints import failpoint
-from practice_sync.warehouse import table_exists
 
 # `practice_sync.transforms` (the transforms/ folder) is a package whose *.sql files ship as package data, so this works installed too.
 TRANSFORMS_DIR: Path = Path(str(files("practice_sync.transforms")))
@@ -185,9 +186,40 @@ def sql_files(transforms_dir: Path) -> list[Path]:
     return [transform.path for transform in order_transforms(load_transforms(transforms_dir))]
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
-    schema, _, table = qualified_name.rpartition(".")
-    return table_exists(con, schema, table)
+def raw_view(qualified_name: str) -> str:
+    """The view a model reads for a required raw table: `bizstim.sessions` -> `raw_bizstim__sessions`."""
+    source, _, table = qualified_name.rpartition(".")
+    return f"raw_{source}__{table}"
+
+
+def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]:
+    """One TEMP view per required raw table over every account's dataset, with `account`
+    (the account's name: 'default' for the dataset named after the source). Fivetran's shape:
+    one union model with an account column, never a copy of each model per account. Returns
+    the required tables that exist in at least one account's dataset."""
+    found: set[str] = set()
+    for qualified in sorted(required):
+        source, _, table = qualified.rpartition(".")
+        rows = con.execute(
+            "select schema_name, bool_or(column_name = 'account') from duckdb_columns() "
+            "where database_name = current_database() and table_name = ? group by schema_name "
+            "order by schema_name",
+            [table],
+        ).fetchall()
+        parts = []
+        for schema, has_account in rows:
+            account = accounts.account_of(source, schema)
+            if account is None:
+                continue
+            literal = f"'{account}'"
+            column = f"coalesce(account, {literal})" if has_account else literal
+            star = "* exclude (account)" if has_account else "*"
+            parts.append(f'select {column} as account, {star} from "{schema}"."{table}"')
+        if parts:
+            union = "\nunion all by name\n".join(parts)
+            con.execute(f'create or replace temp view "{raw_view(qualified)}" as {union}')
+            found.add(qualified)
+    return found
 
 
 def _run_file(con: duckdb.DuckDBPyConnection, transform: Transform, built: list[str]) -> None:
@@ -210,9 +242,10 @@ def _run_all(con: duckdb.DuckDBPyConnection, plan: Sequence[Transform]) -> list[
     """Run the plan in order, skipping files whose raw tables or dependencies are missing."""
     built: list[str] = []
     skipped: set[str] = set()
+    present = _union_views(con, {table for transform in plan for table in transform.requires})
     for transform in plan:
         if any(name in skipped for name in transform.depends_on) or not all(
-            _table_exists(con, table) for table in transform.requires
+            table in present for table in transform.requires
         ):
             skipped.add(transform.name)
             continue

@@ -9,6 +9,7 @@
 --   field      VARCHAR  the raw field name ('session_date', 'cancel_clients', 'used_quantity', ...)
 --   value      VARCHAR  the raw value as delivered
 --   problem    VARCHAR  a short sentence: 'not a valid date', 'unknown time zone', ...
+--   account    VARCHAR  the account the record belongs to (sources.<source>.accounts; 'default')
 
 create schema if not exists analytics;
 
@@ -18,5 +19,6 @@ create or replace table analytics.data_issues (
     record_id varchar,
     field varchar,
     value varchar,
-    problem varchar
+    problem varchar,
+    account varchar
 );

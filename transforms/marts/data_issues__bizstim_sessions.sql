@@ -7,26 +7,26 @@
 insert into analytics.data_issues
 
 with session_issues as (
-    select record_id, unnest(issues) as issue
+    select account, record_id, unnest(issues) as issue
     from stg_bizstim__sessions
     where is_current
 ),
 
 cancellation_issues as (
-    select record_id, entry
+    select account, record_id, entry
     from stg_bizstim__sessions__cancel_clients
     where is_current and is_malformed
 ),
 
 final as (
     select 'bizstim' as source, 'session' as entity, record_id,
-        issue.field, issue.value, issue.problem
+        issue.field, issue.value, issue.problem, account
     from session_issues
 
     union all
 
     select 'bizstim', 'session', record_id,
-        'cancel_clients', entry, 'malformed cancellation entry'
+        'cancel_clients', entry, 'malformed cancellation entry', account
     from cancellation_issues
 )
 

@@ -7,12 +7,12 @@
 insert into analytics.data_issues
 
 with source as (
-    select client_id, problem from timetap.fetch_problems
+    select account, client_id, problem from raw_timetap__fetch_problems
 ),
 
 final as (
     select 'timetap' as source, 'client' as entity, client_id as record_id,
-        'packageSold/client' as field, '' as value, problem
+        'packageSold/client' as field, '' as value, problem, account
     from source
 )
 

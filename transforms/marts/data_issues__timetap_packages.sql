@@ -8,36 +8,36 @@
 insert into analytics.data_issues
 
 with package_issues as (
-    select record_id, unnest(issues) as issue
+    select account, record_id, unnest(issues) as issue
     from stg_timetap__packages
     where is_current
 ),
 
 service_issues as (
-    select record_id, value, problem
+    select account, record_id, value, problem
     from stg_timetap__packages__service_ids
     where is_current and problem is not null
 ),
 
 reason_issues as (
-    select record_id, value, problem
+    select account, record_id, value, problem
     from stg_timetap__packages__reason_list
     where is_current and problem is not null
 ),
 
 final as (
     select 'timetap' as source, 'package' as entity, record_id,
-        issue.field, issue.value, issue.problem
+        issue.field, issue.value, issue.problem, account
     from package_issues
 
     union all
 
-    select 'timetap', 'package', record_id, 'service_ids', value, problem
+    select 'timetap', 'package', record_id, 'service_ids', value, problem, account
     from service_issues
 
     union all
 
-    select 'timetap', 'package', record_id, 'reason_list', value, problem
+    select 'timetap', 'package', record_id, 'reason_list', value, problem, account
     from reason_issues
 )
 

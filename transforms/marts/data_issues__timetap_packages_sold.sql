@@ -6,14 +6,14 @@
 insert into analytics.data_issues
 
 with package_sold_issues as (
-    select record_id, unnest(issues) as issue
+    select account, record_id, unnest(issues) as issue
     from stg_timetap__packages_sold
     where is_current
 ),
 
 final as (
     select 'timetap' as source, 'package_sold' as entity, record_id,
-        issue.field, issue.value, issue.problem
+        issue.field, issue.value, issue.problem, account
     from package_sold_issues
 )
 

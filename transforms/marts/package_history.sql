@@ -16,6 +16,8 @@
 --   is_retired                                  BOOLEAN      this is the package's last version and
 --                                                            no current active version is left
 --                                                            (gone from GET /package, or active=false)
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.package_history as
 
@@ -43,9 +45,10 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_live_version as is_retired
+        is_last_version and has_no_live_version as is_retired,
+        account
     from versions
 )
 
 select * from final
-order by package_id, version_number;
+order by account, package_id, version_number;

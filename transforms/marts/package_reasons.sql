@@ -7,6 +7,8 @@
 --   position            INTEGER  1-based place in reason_list
 --   reason_id           BIGINT   reasonId; NULL if unreadable (then also in analytics.data_issues)
 --   reason_description  VARCHAR  reasonDesc
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.package_reasons as
 
@@ -20,9 +22,10 @@ final as (
         package_id,
         position,
         reason_id,
-        reason_description
+        reason_description,
+        account
     from reasons
 )
 
 select * from final
-order by package_id, position;
+order by account, package_id, position;

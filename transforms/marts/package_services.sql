@@ -7,6 +7,8 @@
 --   service_id  BIGINT
 --
 -- Entries that are not integers are left out here and listed in analytics.data_issues.
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.package_services as
 
@@ -18,9 +20,10 @@ with services as (
 final as (
     select distinct
         package_id,
-        service_id
+        service_id,
+        account
     from services
 )
 
 select * from final
-order by package_id, service_id;
+order by account, package_id, service_id;

@@ -14,6 +14,8 @@
 --   is_current                                        BOOLEAN
 --   is_retired                                        BOOLEAN      last version, and no current
 --                                                                  version that is not deactivated
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.package_sold_history as
 
@@ -39,9 +41,10 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_live_version as is_retired
+        is_last_version and has_no_live_version as is_retired,
+        account
     from versions
 )
 
 select * from final
-order by package_sold_id, version_number;
+order by account, package_sold_id, version_number;

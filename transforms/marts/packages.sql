@@ -23,6 +23,8 @@
 --   modified_at                 TIMESTAMPTZ    modifiedDate (epoch ms); NULL if outside 2000..2100
 --   modified_by                 VARCHAR        modifiedUser
 --   valid_from                  TIMESTAMPTZ    when this version was first loaded
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.packages as
 
@@ -51,9 +53,10 @@ final as (
         created_by,
         modified_at,
         modified_by,
-        valid_from
+        valid_from,
+        account
     from packages
 )
 
 select * from final
-order by package_id;
+order by account, package_id;

@@ -24,6 +24,8 @@
 --   modified_at         TIMESTAMPTZ
 --   modified_by         VARCHAR
 --   valid_from          TIMESTAMPTZ    when this version was first loaded
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.packages_sold as
 
@@ -50,9 +52,10 @@ final as (
         created_by,
         modified_at,
         modified_by,
-        valid_from
+        valid_from,
+        account
     from packages_sold
 )
 
 select * from final
-order by package_sold_id;
+order by account, package_sold_id;

@@ -10,6 +10,8 @@
 --   temp_session_id  BIGINT   the temporary session kept for the client; 0 -> NULL
 --
 -- A malformed entry still gives a row (NULL where a part is unreadable) and a data issue.
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.session_cancellations as
 
@@ -24,9 +26,10 @@ final as (
         position,
         client_id,
         client_due_id,
-        temp_session_id
+        temp_session_id,
+        account
     from cancellations
 )
 
 select * from final
-order by session_id, position;
+order by account, session_id, position;

@@ -21,6 +21,8 @@
 --                                                     is gone from the API (no current version)
 --
 -- Data issues are reported for current versions only; older versions are not re-reported.
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.session_history as
 
@@ -49,9 +51,10 @@ final as (
         valid_from,
         valid_to,
         is_current,
-        is_last_version and has_no_live_version as is_deleted
+        is_last_version and has_no_live_version as is_deleted,
+        account
     from versions
 )
 
 select * from final
-order by session_id, version_number;
+order by account, session_id, version_number;

@@ -35,6 +35,8 @@
 --   is_end_in_dst_gap, is_end_in_dst_overlap
 --                           BOOLEAN      the same for local_end; all four NULL when time/zone unknown
 --   valid_from              TIMESTAMPTZ  when this version was first loaded (_dlt_valid_from)
+--   account   VARCHAR  the account the row belongs to, as listed in sources.<source>.accounts
+--                      ('default' without a list); ids are unique within an account only
 
 create or replace table analytics.sessions as
 
@@ -83,9 +85,10 @@ final as (
         is_start_in_dst_overlap,
         is_end_in_dst_gap,
         is_end_in_dst_overlap,
-        valid_from
+        valid_from,
+        account
     from sessions
 )
 
 select * from final
-order by session_id;
+order by account, session_id;

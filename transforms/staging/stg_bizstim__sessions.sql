@@ -10,7 +10,7 @@
 create or replace temp table stg_bizstim__sessions as
 
 with source as (
-    select * from bizstim.sessions
+    select * from raw_bizstim__sessions
 ),
 
 known_zones as (
@@ -19,6 +19,7 @@ known_zones as (
 
 renamed as (
     select
+        source.account,
         source.id as record_id,
         parse_int(source.id) as session_id,
         case trim(source.session_status)
@@ -64,7 +65,8 @@ renamed as (
         source._dlt_valid_to as valid_to,
         source._dlt_load_id as load_id,
         -- Rows of one session share its id; a row without a readable id is a session of its own.
-        coalesce(trim(source.id), source._dlt_id) as version_group,
+        -- Ids are unique within an account only: the same id in two accounts is two sessions.
+        source.account || ':' || coalesce(trim(source.id), source._dlt_id) as version_group,
         list_filter([
             issue('id', source.id, int_problem(source.id)),
             issue('session_status', source.session_status,

@@ -10,13 +10,14 @@
 create or replace temp table stg_bizstim__sessions__cancel_clients as
 
 with sessions as (
-    select record_id, session_id, is_current, cancel_clients
+    select account, record_id, session_id, is_current, cancel_clients
     from stg_bizstim__sessions
     where trim(cancel_clients) <> ''
 ),
 
 entry_lists as (
     select
+        account,
         record_id,
         session_id,
         is_current,
@@ -32,6 +33,7 @@ entry_lists as (
 -- generate_subscripts gives each entry its 1-based place in the list.
 entries as (
     select
+        account,
         record_id,
         session_id,
         is_current,
@@ -47,6 +49,7 @@ split as (
 
 final as (
     select
+        account,
         record_id,
         session_id,
         is_current,

@@ -11,11 +11,12 @@
 create or replace temp table stg_timetap__packages as
 
 with source as (
-    select * from timetap.packages
+    select * from raw_timetap__packages
 ),
 
 renamed as (
     select
+        account,
         package_id as record_id,
         parse_int(package_id) as package_id,
         parse_int(business_id) as business_id,
@@ -41,7 +42,7 @@ renamed as (
         _dlt_valid_to as valid_to,
         _dlt_load_id as load_id,
         -- Rows of one package share its id; a row without a readable id is a package of its own.
-        coalesce(trim(package_id), _dlt_id) as version_group,
+        account || ':' || coalesce(trim(package_id), _dlt_id) as version_group,
         list_filter([
             issue('package_id', source.package_id, int_problem(source.package_id)),
             issue('business_id', source.business_id, int_problem(source.business_id)),

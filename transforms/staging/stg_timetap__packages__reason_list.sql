@@ -8,7 +8,7 @@
 create or replace temp table stg_timetap__packages__reason_list as
 
 with packages as (
-    select record_id, package_id, is_current, active, reason_list
+    select account, record_id, package_id, is_current, active, reason_list
     from stg_timetap__packages
     where trim(reason_list) <> ''
 ),
@@ -19,7 +19,7 @@ parsed as (
 ),
 
 reason_arrays as (
-    select record_id, package_id, is_current, active, from_json(reasons, '["JSON"]') as reason_array
+    select account, record_id, package_id, is_current, active, from_json(reasons, '["JSON"]') as reason_array
     from parsed
     where reasons is not null
 ),
@@ -29,6 +29,7 @@ reason_arrays as (
 -- The two unnests advance together: generate_subscripts is each entry's place in the array.
 exploded as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -40,6 +41,7 @@ exploded as (
 
 entries as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -53,6 +55,7 @@ entries as (
 
 reasons as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -68,6 +71,7 @@ reasons as (
 
 unreadable_lists as (
     select
+        account,
         record_id,
         package_id,
         is_current,

@@ -7,7 +7,7 @@
 create or replace temp table stg_timetap__packages__service_ids as
 
 with packages as (
-    select record_id, package_id, is_current, active, service_ids
+    select account, record_id, package_id, is_current, active, service_ids
     from stg_timetap__packages
     where trim(service_ids) <> ''
 ),
@@ -21,6 +21,7 @@ parsed as (
 -- into every exploded row (memory = entries x length), see stg_bizstim__sessions__cancel_clients.
 exploded as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -32,6 +33,7 @@ exploded as (
 
 entries as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -44,6 +46,7 @@ entries as (
 
 final as (
     select
+        account,
         record_id,
         package_id,
         is_current,
@@ -55,7 +58,7 @@ final as (
 
     union all
 
-    select record_id, package_id, is_current, active, null, service_ids, 'not a valid JSON array'
+    select account, record_id, package_id, is_current, active, null, service_ids, 'not a valid JSON array'
     from parsed
     where services is null
 )

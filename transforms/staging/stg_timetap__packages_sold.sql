@@ -7,7 +7,7 @@
 create or replace temp table stg_timetap__packages_sold as
 
 with source as (
-    select * from timetap.packages_sold
+    select * from raw_timetap__packages_sold
 ),
 
 parsed as (
@@ -20,6 +20,7 @@ parsed as (
 
 renamed as (
     select
+        account,
         package_sold_id as record_id,
         parse_int(package_sold_id) as package_sold_id,
         parse_int(business_id) as business_id,
@@ -45,7 +46,7 @@ renamed as (
         _dlt_valid_from as valid_from,
         _dlt_valid_to as valid_to,
         _dlt_load_id as load_id,
-        coalesce(trim(package_sold_id), _dlt_id) as version_group,
+        account || ':' || coalesce(trim(package_sold_id), _dlt_id) as version_group,
         list_filter([
             issue('package_sold_id', parsed.package_sold_id, int_problem(parsed.package_sold_id)),
             issue('business_id', parsed.business_id, int_problem(parsed.business_id)),
