@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from practice_sync import dlt_glue
+from practice_sync import accounts, dlt_glue
 from practice_sync.errors import ConfigError
 
 # settings of our own, beside the sources' arguments: name -> type
@@ -23,6 +23,7 @@ PRACTICE_SYNC_SETTINGS: dict[str, str] = {
     "memory_limit": "str",
     "serve_path": "str",
     "progress_interval": "float",
+    "account_concurrency": "int",
 }
 
 
@@ -52,6 +53,7 @@ def known_settings() -> dict[str, dict[str, str]]:
     for name, factory in (("bizstim", bizstim), ("timetap", timetap)):
         parameters = inspect.signature(factory).parameters.values()
         known[f"sources.{name}"] = {p.name: str(p.annotation) for p in parameters}
+        known[f"sources.{name}"]["accounts"] = "accounts"
     known["practice_sync"] = dict(PRACTICE_SYNC_SETTINGS)
     known["destination.duckdb"] = {name: "any" for name in dlt_glue.duckdb_setting_names()}
     known["destination.duckdb"]["credentials"] = "str"
@@ -65,7 +67,12 @@ def given_settings(environ: Mapping[str, str], documents: Mapping[str, Any]) -> 
         for section in owned:
             prefix = "__".join(section.split(".")).upper() + "__"
             if key.startswith(prefix) and len(key) > len(prefix):
-                yield Given(section, key[len(prefix) :].lower(), value, "the environment")
+                name = key[len(prefix) :].lower()
+                account, _, setting = name.rpartition("__")
+                if account and section.startswith("sources."):  # SOURCES__BIZSTIM__UPTOWN__X
+                    yield Given(f"{section}.{account}", setting, value, "the environment")
+                else:
+                    yield Given(section, name, value, "the environment")
     for origin, document in documents.items():
         for section in owned:
             table: Any = document
@@ -73,7 +80,11 @@ def given_settings(environ: Mapping[str, str], documents: Mapping[str, Any]) -> 
                 table = table.get(part, {}) if isinstance(table, Mapping) else {}
             if isinstance(table, Mapping):
                 for name, value in table.items():
-                    yield Given(section, str(name), value, origin)
+                    if isinstance(value, Mapping) and section.startswith("sources."):
+                        for key, inner in value.items():  # [sources.bizstim.uptown]
+                            yield Given(f"{section}.{name}", str(key), inner, origin)
+                    else:
+                        yield Given(section, str(name), value, origin)
 
 
 def check(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -81,8 +92,16 @@ def check(environ: Mapping[str, str] | None = None) -> list[str]:
     files that were read (for messages about missing settings)."""
     documents, read = dlt_glue.toml_documents()
     known = known_settings()
-    for given in given_settings(os.environ if environ is None else environ, documents):
-        types = known[given.section]
+    givens = list(given_settings(os.environ if environ is None else environ, documents))
+    listed: dict[str, list[str]] = {}
+    for given in givens:  # the environment first: it wins over the files, as in dlt
+        if given.name == "accounts" and given.section in known and given.section not in listed:
+            problem = _conversion_problem(given.value, "accounts")
+            if problem is None:
+                source = given.section.split(".")[1]
+                listed[given.section] = accounts.parse_names(given.value, source) or []
+    for given in givens:
+        types = known.get(given.section) or _account_settings(given, known, listed)
         if given.name not in types:
             raise ConfigError(_unknown(given, list(types)))
         problem = _conversion_problem(given.value, types[given.name])
@@ -90,6 +109,26 @@ def check(environ: Mapping[str, str] | None = None) -> list[str]:
             where = "" if given.origin == "the environment" else f" in {given.origin}"
             raise ConfigError(f"{given.spelled()}{where} is {given.value!r}, {problem}.")
     return read
+
+
+def _account_settings(
+    given: Given, known: dict[str, dict[str, str]], listed_by_section: dict[str, list[str]]
+) -> dict[str, str]:
+    """The settings an account section (`sources.bizstim.uptown`) may hold: its source's, for an
+    account listed in `sources.<source>.accounts`; anything else is a `ConfigError`."""
+    section, _, account = given.section.rpartition(".")
+    listed = listed_by_section.get(section, [])
+    if account not in listed:
+        where = "the environment" if given.origin == "the environment" else given.origin
+        nearest = difflib.get_close_matches(account, listed, n=1, cutoff=0.5)
+        hint = f"did you mean {nearest[0]!r}?" if nearest else (
+            f"add it to {section}.accounts ({'__'.join(section.split('.')).upper()}__ACCOUNTS)."
+        )
+        raise ConfigError(
+            f"Setting {given.spelled()} in {where} is for account {account!r}, which "
+            f"{section}.accounts does not list: {hint}"
+        )
+    return {name: kind for name, kind in known[section].items() if name != "accounts"}
 
 
 def _unknown(given: Given, names: list[str]) -> str:
@@ -114,6 +153,11 @@ def _conversion_problem(value: Any, kind: str) -> str | None:
             float(text)
         except ValueError:
             return "which is not a number"
+    elif kind == "accounts":
+        try:
+            accounts.parse_names(value, "source")
+        except ConfigError:
+            return 'which is not a list of account names such as ["downtown", "uptown"]'
     elif kind.startswith("Sequence[int]") and isinstance(value, str):
         import json
 

@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -27,8 +28,25 @@ class _VendorApi(Vendor, Protocol):
     def handle(self, method: str, parts: list[str], query: dict, headers: Message) -> Reply: ...
 
 
+@dataclass(frozen=True)
+class Account:
+    """One more account of each vendor on the same server, told apart by its keys as the real
+    APIs do: its own data (ids overlap with every other account's), time zone and keys."""
+
+    name: str
+    bizstim: Bizstim
+    timetap: Timetap
+    bizstim_api_key: str
+    timetap_api_key: str
+    timetap_private_key: str
+
+
 class Simulator:
-    """Both vendor APIs on one port, with scripted faults, latency and a request log."""
+    """Both vendor APIs on one port, with scripted faults, latency and a request log.
+
+    The account made by the constructor answers the default keys; `add_account` adds more,
+    each answering only its own keys (a request with any other key gets 401).
+    """
 
     def __init__(
         self,
@@ -68,10 +86,61 @@ class Simulator:
         self._address: tuple[str, int] | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._edge_cases = edge_cases
+        self.accounts: dict[str, Account] = {}
         self._faults = FaultBook()
         self._hooks = HookBook()
         self._log_lock = threading.Lock()
         self._log: list[tuple[str, str, int]] = []
+
+    def add_account(
+        self,
+        name: str,
+        *,
+        seed: int,
+        sessions: int = 500,
+        clients: int = 200,
+        packages: int = 25,
+        timezone: str = "America/New_York",
+        edge_cases: bool | None = None,
+    ) -> Account:
+        """Another Bizstim account and TimeTap business, with keys derived from `name`."""
+        quirks = self._edge_cases if edge_cases is None else edge_cases
+        bizstim_key = f"sim-bizstim-key-{name}"
+        timetap_key, private_key = f"sim-timetap-api-key-{name}", f"sim-timetap-private-{name}"
+        account = Account(
+            name,
+            Bizstim(
+                seed=seed, sessions=sessions, timezone=timezone, api_key=bizstim_key,
+                edge_cases=quirks,
+            ),
+            Timetap(
+                seed=seed, clients=clients, packages=packages, api_key=timetap_key,
+                private_key=private_key, edge_cases=quirks,
+            ),
+            bizstim_key,
+            timetap_key,
+            private_key,
+        )  # fmt: skip
+        self.accounts[name] = account
+        return account
+
+    def _account_api(
+        self, vendor: _VendorApi, parts: list[str], query: dict, headers: Message
+    ) -> _VendorApi:
+        """The account a request is for, told by its key (TimeTap: its key or its token)."""
+        if vendor is self.bizstim:
+            key = headers.get("x-api-key")
+            for account in self.accounts.values():
+                if key == account.bizstim_api_key:
+                    return account.bizstim
+        elif vendor is self.timetap:
+            key = query.get("apiKey", [""])[0] if parts == ["sessionToken"] else None
+            token = headers.get("Authorization", "").partition(" ")[2]
+            for account in self.accounts.values():
+                if key == account.timetap_api_key or account.timetap.has_token(token):
+                    return account.timetap
+        return vendor
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,7 +247,9 @@ class Simulator:
             if vendor is None:
                 reply = json_reply(404, {"error": f"No API at {path}"})
             else:
-                reply = vendor.handle(method, parts, parse_qs(url.query), handler.headers)
+                query = parse_qs(url.query)
+                vendor = self._account_api(vendor, parts, query, handler.headers)
+                reply = vendor.handle(method, parts, query, handler.headers)
             if fault is not None and fault.status is not None:
                 reply = reply._replace(status=fault.status)
             if fault is not None and fault.kind == "latin1":

@@ -276,6 +276,10 @@ class Timetap:
             rnd = random.Random(f"timetap:{self._seed}:sale:{self._next_sold_id}")
             return self._record_sale(rnd, client_id, package_id, _now_ms())
 
+    def has_token(self, token: str) -> bool:
+        with self._lock:
+            return token in self._tokens
+
     def expire_tokens(self) -> None:
         with self._lock:
             self._tokens.clear()
