@@ -6,7 +6,7 @@ own lookup reads `sources.<source>.<account>.<setting>` first and falls back to
 `sources.<source>.<setting>`. Without `accounts` there is one account, `default`, configured
 exactly as before (the source itself, not a clone).
 
-Each account is its own dlt pipeline and dataset (`bizstim` for `default`, `bizstim__<account>`
+Each account is its own dlt pipeline and dataset (`bizstim` for `default`, `bizstim_<account>`
 otherwise): its own state (TimeTap's incremental cursor), its own scd2 merge, which never sees
 another account's rows, its own staging tables, and its own full refresh. `default` keeps the
 names of a single-account warehouse, which therefore upgrades in place. The transforms read the
@@ -25,7 +25,10 @@ from practice_sync.errors import ConfigError
 
 DEFAULT = "default"
 ACCOUNT_COLUMN = "account"
-_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")  # no "__": env vars split on it
+# no "__" (env variables split on it), nothing dlt's naming would change; "staging" is taken:
+# dlt's staging dataset of `bizstim` is `bizstim_staging`, of an account `bizstim_x_staging`
+_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_RESERVED = re.compile(r"(^|_)staging$")
 CONCURRENCY_SETTING = "practice_sync.account_concurrency"
 DEFAULT_CONCURRENCY = 4
 
@@ -42,11 +45,11 @@ def parse_names(value: Any, source: str) -> list[str] | None:
     setting = f"sources.{source}.accounts (SOURCES__{source.upper()}__ACCOUNTS)"
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f'{setting} must be a list of account names such as ["downtown", "uptown"].')
-    bad = [name for name in value if not _NAME.match(name)]
+    bad = [name for name in value if not _NAME.match(name) or _RESERVED.search(name)]
     if bad:
         raise ConfigError(
             f"{setting} names account {bad[0]!r}: use lower-case letters, digits and single "
-            "underscores, starting with a letter."
+            "underscores, starting with a letter and not ending in staging."
         )
     if len(set(value)) != len(value):
         raise ConfigError(f"{setting} lists an account twice.")
@@ -65,16 +68,19 @@ def names(source: str) -> list[str]:
 
 def dataset(source: str, account: str) -> str:
     """The dataset (DuckDB schema) of one account: the source's own name for `default`."""
-    return source if account == DEFAULT else f"{source}__{account}"
+    return source if account == DEFAULT else f"{source}_{account}"
 
 
-def account_of(source: str, dataset_name: str) -> str | None:
-    """The account a dataset belongs to, or None if it is not one of `source`'s."""
+def account_of(source: str, dataset_name: str, loaded_by_dlt: bool) -> str | None:
+    """The account a dataset belongs to, or None if it is not one of `source`'s: `bizstim`
+    is `default`'s; `bizstim_<account>` an account's if dlt loaded it (has `_dlt_loads`; a
+    staging dataset has not)."""
     if dataset_name == source:
         return DEFAULT
-    prefix = f"{source}__"
-    if dataset_name.startswith(prefix) and _NAME.match(dataset_name[len(prefix) :]):
-        return dataset_name[len(prefix) :]
+    prefix = f"{source}_"
+    rest = dataset_name[len(prefix) :]
+    if dataset_name.startswith(prefix) and loaded_by_dlt and _NAME.match(rest):
+        return None if _RESERVED.search(rest) else rest
     return None
 
 

@@ -201,14 +201,16 @@ def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]
     for qualified in sorted(required):
         source, _, table = qualified.rpartition(".")
         rows = con.execute(
-            "select schema_name, bool_or(column_name = 'account') from duckdb_columns() "
-            "where database_name = current_database() and table_name = ? group by schema_name "
-            "order by schema_name",
+            "select schema_name, bool_or(column_name = 'account'), "
+            "schema_name in (select schema_name from duckdb_tables() "
+            "    where database_name = current_database() and table_name = '_dlt_loads') "
+            "from duckdb_columns() where database_name = current_database() and table_name = ? "
+            "group by schema_name order by schema_name",
             [table],
         ).fetchall()
         parts = []
-        for schema, has_account in rows:
-            account = accounts.account_of(source, schema)
+        for schema, has_account, loaded_by_dlt in rows:
+            account = accounts.account_of(source, schema, loaded_by_dlt)
             if account is None:
                 continue
             literal = f"'{account}'"
