@@ -44,7 +44,9 @@ def parse_names(value: Any, source: str) -> list[str] | None:
             value = None
     setting = f"sources.{source}.accounts (SOURCES__{source.upper()}__ACCOUNTS)"
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f'{setting} must be a list of account names such as ["downtown", "uptown"].')
+        raise ConfigError(
+            f'{setting} must be a list of account names such as ["downtown", "uptown"].'
+        )
     bad = [name for name in value if not _NAME.match(name) or _RESERVED.search(name)]
     if bad:
         raise ConfigError(

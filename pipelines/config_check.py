@@ -121,8 +121,12 @@ def _account_settings(
     if account not in listed:
         where = "the environment" if given.origin == "the environment" else given.origin
         nearest = difflib.get_close_matches(account, listed, n=1, cutoff=0.5)
-        hint = f"did you mean {nearest[0]!r}?" if nearest else (
-            f"add it to {section}.accounts ({'__'.join(section.split('.')).upper()}__ACCOUNTS)."
+        hint = (
+            f"did you mean {nearest[0]!r}?"
+            if nearest
+            else (
+                f"add it to {section}.accounts ({'__'.join(section.split('.')).upper()}__ACCOUNTS)."
+            )
         )
         raise ConfigError(
             f"Setting {given.spelled()} in {where} is for account {account!r}, which "

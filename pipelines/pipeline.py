@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,10 +244,12 @@ def _load_accounts(loads: Sequence[AccountLoad], job: Job, report: RunReport) ->
         with ThreadPoolExecutor(workers, thread_name_prefix="practice-sync-account") as pool:
             futures = [pool.submit(_outcome, _load_account, load, job, rep) for load, rep in todo]
             outcomes = [future.result() for future in futures]
+    codes: list[ExitCode] = []
     for outcome in outcomes:  # a bug or a stop request, raised once every account has ended
         if isinstance(outcome, BaseException):
             raise outcome
-    return [code for outcome in outcomes if outcome is not None for code in outcome]
+        codes += outcome
+    return codes
 
 
 def _outcome(work: Callable[..., list[ExitCode]], *args: Any) -> list[ExitCode] | BaseException:
@@ -263,9 +265,7 @@ def _load_account(load: AccountLoad, job: Job, report: SourceReport) -> list[Exi
     try:
         _load_source(load, job, report)
     except PracticeSyncError as exc:
-        report.error = str(exc)
-        if load.listed:
-            report.error += f" (account {load.account} of sources.{load.spec.name}.accounts)"
+        report.error = _for_account(str(exc), load)
         report.exit_code = int(exc.exit_code)
         codes.append(exc.exit_code)
     report.finished = True
@@ -330,6 +330,19 @@ def _worst(codes: Sequence[ExitCode]) -> ExitCode:
         return ExitCode.OK
     failures = [c for c in codes if c != ExitCode.DELETIONS_WITHHELD]
     return failures[0] if failures else ExitCode.DELETIONS_WITHHELD
+
+
+def _for_account(message: str, load: AccountLoad) -> str:
+    """A source's error sentence naming the account and its own settings: "Bizstim account
+    uptown rejected the credentials …: check sources.bizstim.uptown.api_key (…)"."""
+    if not load.listed or load.title in message:
+        return message
+    source, account = load.spec.name, load.account
+    message = message.replace(load.spec.title, load.title, 1)
+    message = message.replace(f"sources.{source}.", f"sources.{source}.{account}.")
+    return message.replace(
+        f"SOURCES__{source.upper()}__", f"SOURCES__{source.upper()}__{account.upper()}__"
+    )
 
 
 def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:

@@ -145,16 +145,21 @@ def _read_only(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def stamp_account(database: Path, dataset: str, account: str) -> None:
-    """Name the account on raw rows loaded before accounts existed (`account` NULL): a
-    single-account warehouse upgrades in place, its history kept, as account `default`."""
+    """Name the account on raw rows loaded before accounts existed: a single-account warehouse
+    upgrades in place, history kept, as account `default`. A table tonight's load did not
+    touch (no changed packages) gets the column here; dlt compares its schema updates with the
+    table's real columns, so it never adds it twice."""
     if not database.exists():
         return
     with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
         tables = con.execute(
-            "select table_name from duckdb_columns() where schema_name = ? and column_name = ?",
-            [dataset, "account"],
+            "select table_name, bool_or(column_name = 'account') from duckdb_columns() "
+            "where schema_name = ? and not starts_with(table_name, '_dlt') group by table_name",
+            [dataset],
         ).fetchall()
-        for (table,) in tables:
+        for table, has_account in tables:
+            if not has_account:
+                con.execute(f'alter table "{dataset}"."{table}" add column account varchar')
             con.execute(
                 f'update "{dataset}"."{table}" set account = ? where account is null', [account]
             )

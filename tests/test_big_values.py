@@ -63,7 +63,8 @@ def cancellations_except(env: Env, session_id: int) -> list[tuple]:
 
 def issues_except(env: Env, record_id: str) -> list[tuple]:
     return env.query(
-        "select * exclude (account) from analytics.data_issues where record_id <> ? order by all", [record_id]
+        "select * exclude (account) from analytics.data_issues where record_id <> ? order by all",
+        [record_id],
     )
 
 

@@ -162,7 +162,9 @@ def test_cancellations_explode_one_row_per_entry(con) -> None:
         {"id": "7", "cancel_clients": ","},
     )
     run_transforms(con)
-    assert con.execute("select * exclude (account) from analytics.session_cancellations").fetchall() == [
+    assert con.execute(
+        "select * exclude (account) from analytics.session_cancellations"
+    ).fetchall() == [
         (1, 1, 76, 2328, 479889),
         (1, 2, 49, 2329, 479895),
         (2, 1, 76, 2328, 479889),
@@ -176,7 +178,9 @@ def test_cancellations_explode_one_row_per_entry(con) -> None:
 def test_malformed_cancellation_entries_keep_a_row_and_are_reported(con) -> None:
     sessions(con, {"id": "7", "cancel_clients": "76|2328, 1|2|3|4 ,a|2|3,5||7,garbage,8|9|10"})
     run_transforms(con)
-    assert con.execute("select * exclude (account) from analytics.session_cancellations").fetchall() == [
+    assert con.execute(
+        "select * exclude (account) from analytics.session_cancellations"
+    ).fetchall() == [
         (7, 1, 76, 2328, None),  # two parts: read by position
         (7, 2, 1, 2, 3),  # four parts: the first three by position
         (7, 3, None, 2, 3),  # a part that is not an integer
@@ -631,7 +635,9 @@ def test_sessions_hold_current_versions_and_history_holds_all(con) -> None:
         (12, 1, "saved", "older", LOAD_1, None, False, False),
         (12, 2, "saved", "newer", LOAD_2, None, True, False),
     ]
-    history = fetch_dicts(con, "select * exclude (account) from analytics.session_history where session_id = 10")
+    history = fetch_dicts(
+        con, "select * exclude (account) from analytics.session_history where session_id = 10"
+    )
     assert history[0]["session_date"] == date(2021, 4, 28)
     assert history[0]["start_utc"] == utc(2021, 4, 29, 0, 0)
     assert issues(con) == []  # only current versions are reported
@@ -644,9 +650,9 @@ def test_cancellations_come_from_the_current_version_only(con) -> None:
         {"id": "1", "cancel_clients": "4|5|6", "_dlt_valid_from": LOAD_2},
     )
     run_transforms(con)
-    assert con.execute("select * exclude (account) from analytics.session_cancellations").fetchall() == [
-        (1, 1, 4, 5, 6)
-    ]
+    assert con.execute(
+        "select * exclude (account) from analytics.session_cancellations"
+    ).fetchall() == [(1, 1, 4, 5, 6)]
     assert issues(con) == []
 
 

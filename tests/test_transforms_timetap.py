@@ -71,7 +71,10 @@ def test_clean_package_is_fully_typed(con) -> None:
             "valid_from": LOAD_1,
         }
     ]
-    assert rows(con, "select * exclude (account) from analytics.package_services") == [(501, 11), (501, 12)]
+    assert rows(con, "select * exclude (account) from analytics.package_services") == [
+        (501, 11),
+        (501, 12),
+    ]
     assert rows(con, "select * exclude (account) from analytics.package_reasons") == [
         (501, 1, 71, "Yoga"),
         (501, 2, 72, "Pilates"),
@@ -170,7 +173,11 @@ def test_service_ids_are_unpacked(con) -> None:
         {"package_id": "6", "service_ids": None},
     )
     run_transforms(con)
-    assert rows(con, "select * exclude (account) from analytics.package_services") == [(2, 11), (2, 12), (3, 11)]
+    assert rows(con, "select * exclude (account) from analytics.package_services") == [
+        (2, 11),
+        (2, 12),
+        (3, 11),
+    ]
     assert rows(con, "select package_id from analytics.packages") == [(n,) for n in range(1, 7)]
     assert issues(con) == [
         ("timetap", "package", "3", "service_ids", '"x"', "not an integer service id"),
