@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-from floor import FloorResult, bizstim_floor, timetap_floor
+from floor import FloorResult, bizstim_accounts_floor, bizstim_floor, timetap_floor
 from sim_process import SimulatorProcess, page_starts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +160,7 @@ S1 = "1 first full sync"
 S2 = "2 re-run, no change"
 S3 = "3 re-run, night of changes"
 S4 = "4 transforms alone"
+S5 = "5 many accounts, first sync"
 
 
 # -- the scenarios -----------------------------------------------------------------------------
@@ -294,6 +295,56 @@ def transforms_alone(
     )
     if run.exit_code:
         log("  output:\n" + run.output[-2000:])
+
+
+def many_accounts(args: argparse.Namespace, work: Path, results: Results) -> None:
+    """Scenario 5: `--accounts` Bizstim accounts of `--account-sessions` each on one server,
+    loaded by one run (`account_concurrency` accounts at once), against the floor fetching
+    every account's pages with the same total concurrency."""
+    count, size, lat = args.accounts, args.account_sessions, max(args.latencies)
+    log(f"{S5}: {count} accounts x {size:,} sessions at latency {lat:g} s")
+    with SimulatorProcess(
+        sessions=1, clients=1, seed=args.seed, accounts=count, account_sessions=size
+    ) as sim:
+        info = sim.info
+        assert info is not None
+        warm = sim.warm()
+        totals = sim.account_totals()
+        results.notes.append(
+            f"Scenario 5: {count} accounts ({sum(totals.values()):,} sessions) generated in "
+            f"{info.generate_s:.1f} s, pages pre-rendered in {warm:.1f} s; accounts load "
+            f"{args.account_concurrency} at a time, each with concurrency {args.concurrency}; "
+            f"the floor fetches every account's pages with {args.account_concurrency * args.concurrency} "
+            "connections."
+        )
+        sim.set_latency(lat)
+        folder = Path(tempfile.mkdtemp(prefix="floor-accounts-", dir=work))
+        before = sim.cpu_seconds()
+        keyed = [(key, totals[name]) for name, key in info.accounts]
+        try:
+            result = bizstim_accounts_floor(
+                info.bizstim_url, keyed, args.account_concurrency * args.concurrency, str(folder)
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        floor = Floor(result, sim.cpu_seconds() - before)
+        log(f"  floor: download {result.download_s:.2f} s + read_json {result.read_json_s:.2f} s")
+        house = work / "accounts"
+        env = pipeline_env(house, sim, args.concurrency)
+        del env["SOURCES__BIZSTIM__API_KEY"]
+        names = [name for name, _ in info.accounts]
+        env["SOURCES__BIZSTIM__ACCOUNTS"] = "[" + ", ".join(f'"{n}"' for n in names) + "]"
+        env["PRACTICE_SYNC__ACCOUNT_CONCURRENCY"] = str(args.account_concurrency)
+        for name, key in info.accounts:
+            env[f"SOURCES__BIZSTIM__{name.upper()}__API_KEY"] = key
+        run = run_cli(["run", "--quiet", "--source", "bizstim"], env, sim, house / "log-5.txt")
+        row = Row(
+            S5, f"bizstim, {count} accounts", count * size, lat, sum(totals.values()), run, floor
+        )
+        results.rows.append(row)
+        log(describe(row))
+        if run.exit_code:
+            log("  output:\n" + run.output[-2000:])
 
 
 def timetap(args: argparse.Namespace, work: Path, results: Results) -> None:
@@ -490,6 +541,15 @@ def targets(results: Results, args: argparse.Namespace) -> list[Target]:
     transform = results.find(S4, "transforms", big, None)
     if transform is not None:
         ratio_target("transforms vs bare CREATE TABLE AS", transform, 3.0)
+    many = next((r for r in results.rows if r.scenario == S5), None)
+    if many is not None:
+        name = f"{args.accounts} accounts x {args.account_sessions:,} sessions, {slow * 1000:g} ms"
+        if many.ratio is None:
+            out.append(Target(name, "failed", "≤ 1.25×", None))
+        else:
+            out.append(Target(name, f"{many.ratio:.2f}×", "≤ 1.25×", many.ratio <= 1.25))
+        mib = many.run.peak_rss_kib / 1024
+        out.append(Target(f"peak RSS, {name}", f"{mib:,.0f} MiB", "≤ 1 GiB", mib <= 1024))
     return out
 
 
@@ -549,7 +609,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timetap-reruns", action="store_true", help="also time TimeTap no-change re-runs"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp warehouses")
+    parser.add_argument("--accounts", type=int, help="scenario 5: Bizstim accounts (50; 0 skips)")
+    parser.add_argument("--account-sessions", type=int, help="scenario 5: sessions per account")
+    parser.add_argument(
+        "--account-concurrency", type=int, default=4, help="scenario 5: accounts at once"
+    )
+    parser.add_argument("--only-accounts", action="store_true", help="run scenario 5 alone")
     args = parser.parse_args(argv)
+    if args.accounts is None:
+        args.accounts = 3 if args.quick else 50
+    if args.account_sessions is None:
+        args.account_sessions = 500 if args.quick else 20_000
     sizes = args.sizes or ("5000" if args.quick else "100000,1000000")
     args.sizes = [int(s) for s in sizes.split(",") if s.strip()]
     if args.clients is None:
@@ -584,10 +654,12 @@ def main(argv: list[str] | None = None) -> int:
     header.append(f"- code under test: pipelines/ + transforms/ content hash {fingerprint}")
     with workdir(args.keep) as work:
         log(f"work dir {work}")
-        for size in sorted(args.sizes):
+        for size in sorted(args.sizes) if not args.only_accounts else []:
             bizstim_size(size, args, work, results)
-        if args.clients > 0:
+        if args.clients > 0 and not args.only_accounts:
             timetap(args, work, results)
+        if args.accounts > 0:
+            many_accounts(args, work, results)
     if code_fingerprint() != fingerprint:
         results.notes.insert(
             0,

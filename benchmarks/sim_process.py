@@ -31,13 +31,31 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _get_page(sim: Any, start: int, limit: int) -> bytes:
-    headers = {"x-api-key": sim.bizstim_api_key}
-    return sim.bizstim.handle("GET", ["sessions", str(start), str(limit)], {}, headers).body
+ACCOUNT_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
+                 "Europe/London", "Europe/Berlin", "Australia/Sydney")  # fmt: skip
 
 
-def _total(sim: Any) -> int:
-    return int(orjson.loads(_get_page(sim, 0, 1))["total"])
+def _get_page(sim: Any, start: int, limit: int, account: Any = None) -> bytes:
+    api = account.bizstim if account is not None else sim.bizstim
+    key = account.bizstim_api_key if account is not None else sim.bizstim_api_key
+    return api.handle("GET", ["sessions", str(start), str(limit)], {}, {"x-api-key": key}).body
+
+
+def _total(sim: Any, account: Any = None) -> int:
+    return int(orjson.loads(_get_page(sim, 0, 1, account))["total"])
+
+
+def _add_accounts(sim: Any, count: int, sessions: int, seed: int) -> None:
+    """`count` more Bizstim accounts (a00, a01, ...) with overlapping ids and several zones."""
+    for n in range(count):
+        sim.add_account(
+            f"a{n:02d}",
+            seed=seed + 1 + n,
+            sessions=sessions,
+            clients=1,
+            packages=1,
+            timezone=ACCOUNT_ZONES[n % len(ACCOUNT_ZONES)],
+        )
 
 
 def _serve(conn: Connection, options: dict[str, Any]) -> None:
@@ -45,9 +63,13 @@ def _serve(conn: Connection, options: dict[str, Any]) -> None:
     from practice_sync.simulator import Simulator
 
     started = time.perf_counter()
-    sim = Simulator(**options).start()
+    accounts, account_sessions = options.pop("accounts", 0), options.pop("account_sessions", 0)
+    sim = Simulator(**options)
+    _add_accounts(sim, accounts, account_sessions, int(options.get("seed", 7)))
+    sim.start()
     conn.send(
         {
+            "accounts": [(a.name, a.bizstim_api_key) for a in sim.accounts.values()],
             "bizstim_url": sim.bizstim_url,
             "timetap_url": sim.timetap_url,
             "bizstim_api_key": sim.bizstim_api_key,
@@ -68,8 +90,9 @@ def _serve(conn: Connection, options: dict[str, Any]) -> None:
             elif command == "warm":
                 # render and cache every page the sweep will ask for, through the public handler
                 t0 = time.perf_counter()
-                for start in page_starts(_total(sim)):
-                    _get_page(sim, start, PAGE_SIZE)
+                for account in [None, *sim.accounts.values()]:
+                    for start in page_starts(_total(sim, account)):
+                        _get_page(sim, start, PAGE_SIZE, account)
                 conn.send(time.perf_counter() - t0)
             elif command == "night":
                 conn.send(sim.bizstim.night_of_changes(**args[0]))
@@ -77,6 +100,8 @@ def _serve(conn: Connection, options: dict[str, Any]) -> None:
                 conn.send(_cpu_seconds())
             elif command == "total":
                 conn.send(_total(sim))
+            elif command == "account_totals":
+                conn.send({a.name: _total(sim, a) for a in sim.accounts.values()})
             else:
                 conn.send(ValueError(f"unknown command {command!r}"))
     finally:
@@ -91,6 +116,7 @@ class SimInfo:
     timetap_api_key: str
     timetap_private_key: str
     generate_s: float
+    accounts: list[tuple[str, str]]  # (name, Bizstim key) of each account beyond the default
 
 
 class SimulatorProcess:
@@ -154,3 +180,6 @@ class SimulatorProcess:
 
     def total_sessions(self) -> int:
         return int(self.call("total"))
+
+    def account_totals(self) -> dict[str, int]:
+        return dict(self.call("account_totals"))

@@ -147,7 +147,18 @@ def issues_by_source(con: duckdb.DuckDBPyConnection) -> dict[str, int] | None:
     """Open data issues per source; None when the file has no analytics.data_issues."""
     if not has_table(con, "analytics", "data_issues"):
         return None
-    rows = con.execute("select source, count(*) from analytics.data_issues group by 1").fetchall()
+    # labelled as the run history labels a load: `bizstim`, or `bizstim.uptown` for an account
+    has_account = con.execute(
+        "select count(*) from duckdb_columns() where schema_name = 'analytics' "
+        "and table_name = 'data_issues' and column_name = 'account'"
+    ).fetchall()[0][0]
+    label = (
+        "source || case when coalesce(account, 'default') = 'default' then '' "
+        "else '.' || account end"
+        if has_account
+        else "source"
+    )
+    rows = con.execute(f"select {label}, count(*) from analytics.data_issues group by 1").fetchall()
     return {str(source): int(n) for source, n in rows}
 
 
