@@ -238,12 +238,11 @@ def _load_accounts(loads: Sequence[AccountLoad], job: Job, report: RunReport) ->
     for load, rep in zip(loads, reports, strict=True):
         rep.skipped = load.skipped
     workers = min(accounts.concurrency(), len(todo))
-    if workers <= 1:
-        outcomes = [_outcome(_load_account, load, job, rep) for load, rep in todo]
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="practice-sync-account") as pool:
-            futures = [pool.submit(_outcome, _load_account, load, job, rep) for load, rep in todo]
-            outcomes = [future.result() for future in futures]
+    if workers <= 1:  # one at a time, in this thread, as before accounts existed
+        return [code for load, rep in todo for code in _load_account(load, job, rep)]
+    with ThreadPoolExecutor(workers, thread_name_prefix="practice-sync-account") as pool:
+        futures = [pool.submit(_outcome, _load_account, load, job, rep) for load, rep in todo]
+        outcomes = [future.result() for future in futures]
     codes: list[ExitCode] = []
     for outcome in outcomes:  # a bug or a stop request, raised once every account has ended
         if isinstance(outcome, BaseException):
@@ -261,6 +260,7 @@ def _outcome(work: Callable[..., list[ExitCode]], *args: Any) -> list[ExitCode] 
 
 def _load_account(load: AccountLoad, job: Job, report: SourceReport) -> list[ExitCode]:
     """One account's load; its expected failure becomes its report's error and exit code."""
+    interrupt.check()  # a stop request: accounts not yet started never start
     codes: list[ExitCode] = []
     try:
         _load_source(load, job, report)
