@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -202,6 +203,20 @@ def test_one_accounts_mass_deletion_is_withheld_for_it_alone(
         "select source, outcome, exit_code from ops.run_history where source like 'bizstim%' "
         "and finished_at = (select max(finished_at) from ops.run_history) order by source"
     ) == [("bizstim.downtown", "ok", 0), ("bizstim.uptown", "withheld", 3)]
+
+
+def test_accounts_load_concurrently(multi: Simulator, tmp_path: Path) -> None:
+    """The first account's first page is held until the second account's arrives: only loads
+    running at the same time can get past it (no timing involved)."""
+    both = threading.Event()
+    waited: list[bool] = []
+    multi.on_request(r"/sessions/0/", lambda: waited.append(both.wait(60)), times=1)
+    multi.on_request(r"/sessions/0/", both.set, after=1, times=1)
+    env = accounts_env(multi, tmp_path)
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert waited == [True]
+    assert env.query("select count(*) from analytics.sessions") == [(420,)]
 
 
 def test_account_settings_are_checked_before_anything_runs() -> None:
