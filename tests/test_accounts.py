@@ -21,7 +21,7 @@ from conftest import FAST_RETRIES, ROOT, Env, make_env, summary_lines
 
 from practice_sync import config_check
 from practice_sync.errors import ConfigError
-from practice_sync.simulator import Simulator
+from practice_sync.simulator import Fault, Simulator
 
 ZONES = {"downtown": "America/New_York", "uptown": "Europe/Berlin"}
 
@@ -179,6 +179,25 @@ def test_one_accounts_bad_key_fails_only_that_account(multi: Simulator, tmp_path
         ("timetap.downtown", "ok", 0),
         ("timetap.uptown", "ok", 0),
     ]
+
+
+def test_one_accounts_outage_fails_only_that_account(multi: Simulator, tmp_path: Path) -> None:
+    env = accounts_env(multi, tmp_path)
+    env.vars["PRACTICE_SYNC__ACCOUNT_CONCURRENCY"] = "1"  # downtown first, then uptown
+    # downtown's one page passes; every request after it (uptown's) answers 503
+    multi.add_fault(Fault(path=r"/sessions/", kind="503", after=1, times=1000))
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 4, result.stderr
+    lines = summary_lines(result.stdout)
+    assert any(line.startswith("bizstim.uptown: FAILED") for line in lines), lines
+    assert any(line.startswith("bizstim.downtown: ok") for line in lines), lines
+    assert env.query("select account, count(*) from analytics.sessions group by all") == [
+        ("downtown", 240)
+    ]
+    assert env.query(
+        "select source, outcome, exit_code from ops.run_history where source like 'bizstim%' "
+        "order by source"
+    ) == [("bizstim.downtown", "ok", 0), ("bizstim.uptown", "failed", 4)]
 
 
 def test_one_accounts_mass_deletion_is_withheld_for_it_alone(
