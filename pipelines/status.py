@@ -196,7 +196,8 @@ def read_status(
 
 
 def _source_rank(source: str) -> tuple[int, str]:
-    return (SOURCE_ORDER.index(source) if source in SOURCE_ORDER else len(SOURCE_ORDER), source)
+    vendor = source.split(".")[0]  # an account's load, `bizstim.uptown`, sorts with its vendor
+    return (SOURCE_ORDER.index(vendor) if vendor in SOURCE_ORDER else len(SOURCE_ORDER), source)
 
 
 def _instant(epoch: float | None) -> datetime | None:
