@@ -415,12 +415,13 @@ def _account_source(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
 def _normalize_and_load(
     pipeline: dlt.Pipeline, load: AccountLoad, job: Job, report: SourceReport
 ) -> None:
-    """Normalize and load under the warehouse's one-writer lock, then name the account on rows
-    loaded before accounts existed (a single-account warehouse upgrading in place)."""
+    """Normalize (local files only, so accounts overlap here too), then load under the
+    warehouse's one-writer lock and name the account on rows loaded before accounts existed
+    (a single-account warehouse upgrading in place)."""
+    with phase(report.phases, "normalize"):
+        pipeline.normalize()
+    failpoint("after-normalize")
     with warehouse.access:
-        with phase(report.phases, "normalize"):
-            pipeline.normalize()
-        failpoint("after-normalize")
         with phase(report.phases, "load"):
             pipeline.load()
         warehouse.stamp_account(job.database, load.dataset, load.account)
