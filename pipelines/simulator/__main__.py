@@ -14,6 +14,21 @@ from practice_sync import interrupt
 from .server import Simulator
 
 
+def _add_accounts(sim: Simulator, args: argparse.Namespace) -> None:
+    """`--accounts a,b`: more accounts of both vendors, each in its own zone, ids overlapping."""
+    zones = ("America/New_York", "Europe/Berlin", "Australia/Sydney", "America/Chicago")
+    names = [name.strip() for name in args.accounts.split(",") if name.strip()]
+    for n, name in enumerate(names):
+        sim.add_account(
+            name,
+            seed=args.seed + 1 + n,
+            sessions=args.sessions,
+            clients=args.clients,
+            packages=args.packages,
+            timezone=zones[n % len(zones)],
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m practice_sync.simulator",
@@ -28,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timezone", default="America/Los_Angeles")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per response")
     parser.add_argument("--no-edge-cases", action="store_true", help="serve only clean rows")
+    parser.add_argument(
+        "--accounts",
+        default="",
+        help="more accounts of both vendors, e.g. downtown,uptown (own keys, zones, ids overlap)",
+    )
     args = parser.parse_args(argv)
 
     # handlers first: a signal during start-up is acted on, not lost or ignored
@@ -42,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             edge_cases=not args.no_edge_cases,
             host=args.host,
             port=args.port,
-        ).start()
+        )
+        _add_accounts(sim, args)
+        sim.start()
         try:
             print(f"Simulator at {sim.url}", flush=True)
             print(f"  Bizstim  {sim.bizstim_url}  x-api-key: {sim.bizstim_api_key}", flush=True)
@@ -51,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"  privateKey: {sim.timetap_private_key}",
                 flush=True,
             )
+            for account in sim.accounts.values():
+                print(
+                    f"  account {account.name}: Bizstim x-api-key {account.bizstim_api_key}; "
+                    f"TimeTap apiKey {account.timetap_api_key} "
+                    f"privateKey {account.timetap_private_key}",
+                    flush=True,
+                )
             print("Ctrl-C stops it.", flush=True)
             received = interrupt.wait_for_stop()
         finally:
