@@ -105,6 +105,8 @@ class Job:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> kwargs
     wait_for_lock: float = 0.0  # seconds to wait for another run to release the warehouse
     full_refresh: bool = False  # reload the chosen sources from scratch (their history restarts)
+    # source -> the listed accounts to load (an orchestrator's asset per account); None: all
+    accounts: Mapping[str, Sequence[str]] | None = None
 
     @property
     def pipelines_dir(self) -> Path:
@@ -152,8 +154,16 @@ def configured_loads(job: Job) -> list[AccountLoad]:
     for name in chosen:
         spec = SOURCES[name]
         listed = accounts.configured(name)
+        wanted = (job.accounts or {}).get(name)
+        unknown = [a for a in wanted or [] if a not in (listed or [accounts.DEFAULT])]
+        if unknown:
+            raise ConfigError(
+                f"{spec.title} has no account {unknown[0]!r}: sources.{name}.accounts lists "
+                f"{', '.join(listed or [accounts.DEFAULT])}."
+            )
         for account in listed or [accounts.DEFAULT]:
-            out.append(_account_load(job, spec, account, bool(listed)))
+            if wanted is None or account in wanted:
+                out.append(_account_load(job, spec, account, bool(listed)))
     if all(load.skipped for load in out):
         raise ConfigError(
             "No source has credentials: set SOURCES__BIZSTIM__API_KEY, or SOURCES__TIMETAP__API_KEY "

@@ -21,6 +21,7 @@ from conftest import FAST_RETRIES, ROOT, Env, make_env, summary_lines
 
 from practice_sync import config_check
 from practice_sync.errors import ConfigError
+from practice_sync.pipeline import Job, configured_loads
 from practice_sync.simulator import Fault, Simulator
 
 ZONES = {"downtown": "America/New_York", "uptown": "Europe/Berlin"}
@@ -236,6 +237,37 @@ def test_accounts_load_concurrently(multi: Simulator, tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     assert waited == [True]
     assert env.query("select count(*) from analytics.sessions") == [(420,)]
+
+
+def test_which_accounts_load_and_with_which_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCES__BIZSTIM__ACCOUNTS", '["downtown", "uptown"]')
+    monkeypatch.setenv("SOURCES__BIZSTIM__API_KEY", "shared")  # the fallback of both
+    monkeypatch.setenv("SOURCES__TIMETAP__API_KEY", "k")
+    monkeypatch.setenv("SOURCES__TIMETAP__PRIVATE_KEY", "p")
+    job = Job(database=tmp_path / "w.duckdb")
+    loads = [(load.label, load.dataset, load.skipped) for load in configured_loads(job)]
+    assert loads == [
+        ("bizstim.downtown", "bizstim_downtown", None),
+        ("bizstim.uptown", "bizstim_uptown", None),
+        ("timetap", "timetap", None),
+    ]
+    job.accounts = {"bizstim": ["uptown"]}
+    assert [load.label for load in configured_loads(job)] == ["bizstim.uptown", "timetap"]
+    job.accounts = {"bizstim": ["midtown"]}
+    with pytest.raises(ConfigError, match="Bizstim has no account 'midtown'"):
+        configured_loads(job)
+
+    monkeypatch.delenv("SOURCES__BIZSTIM__API_KEY")
+    monkeypatch.setenv("SOURCES__BIZSTIM__DOWNTOWN__API_KEY", "own")
+    job.accounts = None
+    with pytest.raises(ConfigError) as missing:
+        configured_loads(job)
+    assert str(missing.value).startswith(
+        "Bizstim account uptown was asked for but has no credentials: set "
+        "sources.bizstim.uptown.api_key (SOURCES__BIZSTIM__UPTOWN__API_KEY)"
+    )
 
 
 def test_account_settings_are_checked_before_anything_runs() -> None:
