@@ -21,7 +21,16 @@ from typing import Any, Literal
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, history, interrupt, serve, status, warehouse
+from practice_sync import (
+    context,
+    dlt_glue,
+    history,
+    interrupt,
+    privacy,
+    serve,
+    status,
+    warehouse,
+)
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -288,6 +297,12 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
             pipeline.normalize()
             pipeline.load()
         kwargs = job.overrides.get(spec.name, {})
+        # a changed privacy policy reaches the stored history first, so this load compares
+        # like with like (practice_sync.privacy)
+        policy = privacy.configured(spec.name, kwargs.get("privacy"))
+        report.notes += privacy.apply_to_history(
+            job.database, spec.name, policy, full_refresh=job.full_refresh
+        )
         with context.running(spec.name, run_context), phase(report.phases, "extract"):
             spec.extract_policy(
                 lambda: pipeline.extract(
