@@ -21,6 +21,7 @@ so the next load does not see every record as changed.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ MIN_SALT = 16  # characters: a short salt lets anyone with the hashes guess comm
 OBJECT_COLUMNS = {"timetap": ("client",)}  # columns holding a JSON object whose keys may be named
 KEYS = {"bizstim": ("id",), "timetap": ("package_id", "package_sold_id")}  # never dropped or hashed
 INGEST_ISSUES = "_ingest_issues"
+TITLES = {"bizstim": "Bizstim", "timetap": "TimeTap"}
 
 
 @lru_cache(maxsize=1024)
@@ -245,9 +247,11 @@ def _resolve(source: str, entry: str, setting: str) -> tuple[str, str | None]:
         )
     if column not in known or (dot and (column not in objects or not key.strip())):
         inside = f"; keys inside {', '.join(objects)} as {objects[0]}.<key>" if objects else ""
+        nearest = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
+        hint = f"did you mean {nearest[0]}? " if nearest and not dot else ""
         raise ConfigError(
-            f"{setting} names {entry!r}, which is not a {source} column: use one of "
-            f"{', '.join(known)}{inside}."
+            f"{setting} names {entry!r}, which is not a {TITLES[source]} column: {hint}"
+            f"use one of {', '.join(known)}{inside}."
         )
     return column, snake(key.strip()) if dot else None
 
@@ -398,15 +402,15 @@ def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta
     top = con.execute(f'select coalesce(max(rowid) + 1, 0) from "{source}"."{table}"').fetchone()
     con.execute(
         "create or replace temp table _privacy_rewrite as select 0::bigint as _rid, "
-        f"''::varchar as _dlt_id, {', '.join(f'{q}::varchar as {q}' for q in _quoted(changed_columns))} "
+        f"''::varchar as _dlt_id, {', '.join(f'null::varchar as {q}' for q in _quoted(changed_columns))} "
         "limit 0"
     )
     for start in range(0, int(top[0]), _BATCH):
-        stored = con.execute(
+        stored = con.sql(
             f'select rowid as _rid, _dlt_id as _old_id, {selected} from "{source}"."{table}" '
             f"where rowid >= ? and rowid < ? and ({where})",
-            [start, start + _BATCH],
-        ).fetch_arrow_table()
+            params=[start, start + _BATCH],
+        ).to_arrow_table()
         if not stored.num_rows:
             continue
         after = delta.apply(stored.drop_columns(["_rid", "_old_id"]))
@@ -447,10 +451,14 @@ def _record(con: Any, source: str, policy: Policy, check: str | None) -> None:
 def _notes(
     source: str, old: Policy, new: Policy, delta: Policy, rewritten: Mapping[str, int]
 ) -> list[str]:
+    done = "; ".join(
+        f"{action} {', '.join(names)}" for action, names in delta.entries().items() if names
+    )
     notes = [
-        f"privacy policy applied to stored history: {count:,} rows of {source}.{table} rewritten "
-        f"({describe(delta)})"
+        f"privacy policy applied to stored history: {count:,} rows of {source}.{table} "
+        f"rewritten ({done})"
         for table, count in rewritten.items()
+        if count
     ]
     relaxed = sorted(
         set(old.entries()[DROP] + old.entries()[HASH])
