@@ -120,7 +120,7 @@ class Policy:
             if action == DROP:
                 new = pa.nulls(len(column), pa.string())
             elif action == HASH:
-                new = _per_distinct(column, self._hash_or_keep)
+                new = _per_distinct(column, self._hasher())
             else:
                 assert keys is not None
                 new = _per_distinct(column, functools.partial(self._redact_object, keys=keys))
@@ -129,8 +129,19 @@ class Policy:
             table = self._redact_issues(table)
         return table
 
-    def _hash_or_keep(self, value: str | None) -> str | None:
-        return self.hash_text(value) if value else value
+    def _hasher(self) -> Callable[[str | None], str | None]:
+        """`hash_text` for many values, the salt's part of SHA-256 computed once; NULL and ''
+        kept as they are."""
+        salted = hashlib.sha256(self.salt.encode())
+
+        def digest(value: str | None) -> str | None:
+            if not value:
+                return value
+            one = salted.copy()
+            one.update(value.encode())
+            return one.hexdigest()
+
+        return digest
 
     def _redact_object(self, text: str | None, keys: Mapping[str, str]) -> str | None:
         """One JSON object with the named keys removed or hashed; a value that is not an object
