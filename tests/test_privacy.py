@@ -356,3 +356,21 @@ def test_a_policy_naming_an_unknown_column_stops_the_run(sim: Simulator, tmp_pat
     env.vars["SOURCES__BIZSTIM__PRIVACY"] = '{"hash": ["session_note"]}'
     result = env.run("run")
     assert result.code == 2 and "PRACTICE_SYNC__PRIVACY_SALT" in result.stderr
+
+
+def test_analytics_build_with_every_droppable_column_dropped(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Every staging model and mart tolerates a dropped column: NULL in analytics, no crash."""
+    env = make_env(sim, tmp_path)
+    for source in ("bizstim", "timetap"):
+        dropped = privacy.policy_columns(source)
+        env.vars[f"SOURCES__{source.upper()}__PRIVACY"] = json.dumps({"drop": dropped})
+    run_ok(env)
+    assert env.query(
+        "select count(*), count(private_note), count(note) from analytics.sessions"
+    ) == [(len(sim.bizstim.rows()), 0, 0)]
+    assert env.query("select count(*), count(created_by) from analytics.packages_sold")[0][1] == 0
+    assert env.query("select count(*) from timetap.packages_sold where client is not null") == [
+        (0,)
+    ]
