@@ -311,14 +311,14 @@ def salt_check(policy: Policy) -> str | None:
     return policy.hash_text("practice-sync salt check") if hashes else None
 
 
-def recorded(con: Any, source: str) -> tuple[Policy, str | None] | None:
-    """The policy the stored history of `source` was written under, and its salt check."""
+def recorded(con: Any, source: str, dataset: str) -> tuple[Policy, str | None] | None:
+    """The policy the stored history in `dataset` was written under, and its salt check."""
     from practice_sync.warehouse import table_exists
 
     if not table_exists(con, "ops", "privacy_policy"):
         return None
     row = con.execute(
-        f"select policy, salt_check from {RECORD} where source = ?", [source]
+        f"select policy, salt_check from {RECORD} where dataset = ?", [dataset]
     ).fetchone()
     if row is None:
         return None
@@ -349,12 +349,18 @@ def history_delta(old: Policy, new: Policy) -> Policy:
 
 
 def apply_to_history(
-    database: Path, source: str, policy: Policy, *, full_refresh: bool = False
+    database: Path,
+    source: str,
+    policy: Policy,
+    *,
+    dataset: str | None = None,
+    full_refresh: bool = False,
 ) -> list[str]:
     """Bring the stored raw history of `source` in line with `policy` once per change: newly
     dropped columns become NULL, newly hashed ones hold their hash, `_dlt_id` is recomputed
     (so the next load sees no change), all in one transaction with the record in
-    `ops.privacy_policy`. Returns notes for the run's summary. Called before the extract."""
+    `ops.privacy_policy`. Returns notes for the run's summary. Called before the extract;
+    `dataset` is where the source's raw tables are (the source's name by default)."""
     import duckdb
 
     from practice_sync.warehouse import duckdb_config, table_exists
@@ -362,7 +368,8 @@ def apply_to_history(
     if not policy and not database.exists():
         return []
     with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
-        previous = recorded(con, source)
+        dataset = dataset or source
+        previous = recorded(con, source, dataset)
         if previous is None and not policy:
             return []
         old, old_check = previous or (Policy(), None)
@@ -372,7 +379,7 @@ def apply_to_history(
         still_hashed = set(old.entries()[HASH]) & set(policy.entries()[HASH])
         if still_hashed and old_check != check and not full_refresh:
             raise ConfigError(
-                f"{SALT_SETTING} is not the salt that hashed {source}'s stored "
+                f"{SALT_SETTING} is not the salt that hashed {dataset}'s stored "
                 f"{', '.join(sorted(still_hashed))}: restore it, or start that history over with "
                 f"`practice-sync run --full-refresh --source {source}`."
             )
@@ -381,17 +388,17 @@ def apply_to_history(
         con.execute("begin")
         try:
             for table, documented in raw_tables(source).items():
-                if delta and table_exists(con, source, table):
-                    rewritten[table] = _rewrite(con, source, table, documented, delta)
-            _record(con, source, policy, check)
+                if delta and table_exists(con, dataset, table):
+                    rewritten[table] = _rewrite(con, dataset, table, documented, delta)
+            _record(con, dataset, policy, check)
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
-    return _notes(source, old, policy, delta, rewritten)
+    return _notes(dataset, old, policy, delta, rewritten)
 
 
-def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta: Policy) -> int:
+def _rewrite(con: Any, dataset: str, table: str, documented: Sequence[str], delta: Policy) -> int:
     """Apply `delta` to every stored version of one raw table; returns the rows changed."""
     from practice_sync.rows import row_hashes
 
@@ -400,7 +407,7 @@ def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta
         for (name,) in con.execute(
             "select column_name from duckdb_columns() where database_name = current_database() "
             "and schema_name = ? and table_name = ? order by column_index",
-            [source, table],
+            [dataset, table],
         ).fetchall()
     ]
     content = [n for n in names if not n.startswith("_dlt_") and n != "_vanished"]
@@ -410,7 +417,7 @@ def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta
     changed_columns = [*targets, INGEST_ISSUES]
     where = " or ".join(f'"{n}" is not null' for n in changed_columns)
     selected = ", ".join(f'"{n}"' for n in content)
-    top = con.execute(f'select coalesce(max(rowid) + 1, 0) from "{source}"."{table}"').fetchone()
+    top = con.execute(f'select coalesce(max(rowid) + 1, 0) from "{dataset}"."{table}"').fetchone()
     con.execute(
         "create or replace temp table _privacy_rewrite as select 0::bigint as _rid, "
         f"''::varchar as _dlt_id, {', '.join(f'null::varchar as {q}' for q in _quoted(changed_columns))} "
@@ -418,7 +425,7 @@ def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta
     )
     for start in range(0, int(top[0]), _BATCH):
         stored = con.sql(
-            f'select rowid as _rid, _dlt_id as _old_id, {selected} from "{source}"."{table}" '
+            f'select rowid as _rid, _dlt_id as _old_id, {selected} from "{dataset}"."{table}" '
             f"where rowid >= ? and rowid < ? and ({where})",
             params=[start, start + _BATCH],
         ).to_arrow_table()
@@ -434,7 +441,7 @@ def _rewrite(con: Any, source: str, table: str, documented: Sequence[str], delta
         con.unregister("_privacy_batch")
     assignments = ", ".join(f"{q} = r.{q}" for q in _quoted([*changed_columns, "_dlt_id"]))
     con.execute(
-        f'update "{source}"."{table}" as t set {assignments} '
+        f'update "{dataset}"."{table}" as t set {assignments} '
         "from _privacy_rewrite as r where t.rowid = r._rid"
     )
     count = con.execute("select count(*) from _privacy_rewrite").fetchone()
@@ -446,27 +453,27 @@ def _quoted(names: Sequence[str]) -> list[str]:
     return [f'"{n}"' for n in names]
 
 
-def _record(con: Any, source: str, policy: Policy, check: str | None) -> None:
+def _record(con: Any, dataset: str, policy: Policy, check: str | None) -> None:
     con.execute("create schema if not exists ops")
     con.execute(
-        f"create table if not exists {RECORD} (source varchar primary key, policy varchar, "
+        f"create table if not exists {RECORD} (dataset varchar primary key, policy varchar, "
         "salt_check varchar, applied_at timestamptz)"
     )
-    con.execute(f"delete from {RECORD} where source = ?", [source])
+    con.execute(f"delete from {RECORD} where dataset = ?", [dataset])
     con.execute(
         f"insert into {RECORD} values (?, ?, ?, current_timestamp)",
-        [source, describe(policy), check],
+        [dataset, describe(policy), check],
     )
 
 
 def _notes(
-    source: str, old: Policy, new: Policy, delta: Policy, rewritten: Mapping[str, int]
+    dataset: str, old: Policy, new: Policy, delta: Policy, rewritten: Mapping[str, int]
 ) -> list[str]:
     done = "; ".join(
         f"{action} {', '.join(names)}" for action, names in delta.entries().items() if names
     )
     notes = [
-        f"privacy policy applied to stored history: {count:,} rows of {source}.{table} "
+        f"privacy policy applied to stored history: {count:,} rows of {dataset}.{table} "
         f"rewritten ({done})"
         for table, count in rewritten.items()
         if count
@@ -478,7 +485,7 @@ def _notes(
     )
     if relaxed:
         notes.append(
-            f"{', '.join(relaxed)} of {source}: stored history keeps what the previous privacy "
+            f"{', '.join(relaxed)} of {dataset}: stored history keeps what the previous privacy "
             "policy left (NULL or hashed); values arrive as the policy now says from this run on"
         )
     return notes

@@ -266,7 +266,7 @@ def test_planted_values_reach_no_file_when_the_policy_drops_or_hashes_them(
     assert env.query(
         "select count(*) from timetap.packages_sold where client_id = ?", [str(client_id)]
     ) == [(2,)]
-    assert env.query("select policy from ops.privacy_policy order by source") == [
+    assert env.query("select policy from ops.privacy_policy order by dataset") == [
         ('{"drop": ["session_private_note"], "hash": ["session_note"]}',),
         (
             '{"drop": [], "hash": ["client.email_address", "client.first_name", "client.last_name"]}',
