@@ -117,10 +117,8 @@ def _check_secret(given: Given, where: str) -> None:
 def _unknown(given: Given, names: list[str]) -> str:
     where = "the environment" if given.origin == "the environment" else given.origin
     nearest = difflib.get_close_matches(given.name, names, n=1, cutoff=0.5)
-    hint = (
-        f"did you mean {given.spelled(nearest[0])}?"
-        if nearest
-        else ("known settings there: " + ", ".join(sorted(names)))
+    hint = f"did you mean {given.spelled(nearest[0])}?" if nearest else (
+        "known settings there: " + ", ".join(sorted(names))
     )
     return f"Unknown setting {given.spelled()} in {where}: {hint}"
 
