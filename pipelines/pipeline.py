@@ -28,6 +28,7 @@ from practice_sync import (
     dlt_glue,
     history,
     interrupt,
+    privacy,
     rows,
     serve,
     status,
@@ -377,6 +378,16 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
             report.notes.append("finished a load left over from an interrupted run")
             _normalize_and_load(pipeline, load, job, report)
         kwargs = job.overrides.get(spec.name, {})
+        # a changed privacy policy reaches the account's stored history first, so this load
+        # compares like with like (practice_sync.privacy)
+        with warehouse.access:
+            report.notes += privacy.apply_to_history(
+                job.database,
+                spec.name,
+                _privacy_policy(load, kwargs),
+                dataset=load.dataset,
+                full_refresh=job.full_refresh,
+            )
         with context.running(spec.name, run_context), phase(report.phases, "extract"):
             spec.extract_policy(
                 lambda: pipeline.extract(
@@ -392,6 +403,15 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
         # our own sentences stand alone: a chained dlt error could quote a URL with a key in it
         raise explained from (exc if isinstance(explained, LoadFailed) else None)
     report.tables = warehouse.table_changes(job.database, load.dataset, spec.tables, started)
+
+
+def _privacy_policy(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
+    """The account's privacy policy: its own `sources.<source>.<account>.privacy`, else the
+    source's, as dlt resolves the clone's `privacy` argument."""
+    override = kwargs.get("privacy")
+    if override is None and load.listed:
+        override = dlt.config.get(f"sources.{load.spec.name}.{load.account}.privacy")
+    return privacy.configured(load.spec.name, override)
 
 
 def _run_context(load: AccountLoad, job: Job, report: SourceReport) -> context.RunContext:
