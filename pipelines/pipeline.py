@@ -300,6 +300,7 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
         failpoint("after-normalize")
         with phase(report.phases, "load"):
             pipeline.load()
+            dlt_glue.drop_staging_dataset(pipeline)
     except Exception as exc:
         explained = _explain(exc, spec, job)
         if explained is None:
