@@ -35,7 +35,17 @@ TEST_KINDS = ("not_null", "accepted_values", "relationships")
 SEVERITIES = ("error", "warn")
 # A relationship is reported by default (a data issue), the other tests are fatal by default.
 DEFAULT_SEVERITY = {"not_null": "error", "accepted_values": "error", "relationships": "warn"}
-_TABLE_KEYS = {"name", "description", "grain", "key", "source", "entity", "key_nulls", "columns", "tests"}
+_TABLE_KEYS = {
+    "name",
+    "description",
+    "grain",
+    "key",
+    "source",
+    "entity",
+    "key_nulls",
+    "columns",
+    "tests",
+}
 _COLUMN_KEYS = {"name", "type", "description", "tests"}
 
 
@@ -112,13 +122,16 @@ def _names(where: str, value: Any, what: str) -> tuple[str, ...]:
 
 def _test(where: str, item: Any, column: str | None) -> DataTest:
     """One entry of a `tests` list: `kind` or `{kind: {options}}`."""
+    options: Any
     if isinstance(item, str):
         kind, options = item, {}
     elif isinstance(item, dict) and len(item) == 1:
         kind, options = next(iter(item.items()))
         options = options or {}
     else:
-        raise ContractError(f"{where}: a test must be a name or {{name: {{options}}}}, not {item!r}")
+        raise ContractError(
+            f"{where}: a test must be a name or {{name: {{options}}}}, not {item!r}"
+        )
     if kind not in TEST_KINDS:
         raise ContractError(f"{where}: unknown test {kind!r} (known: {', '.join(TEST_KINDS)})")
     if not isinstance(options, dict):
@@ -150,7 +163,9 @@ def _column(where: str, item: Any) -> tuple[Column, list[DataTest]]:
     if not isinstance(item, dict):
         raise ContractError(f"{where}: each column must be a mapping with name, type, description")
     if unknown := set(item) - _COLUMN_KEYS:
-        raise ContractError(f"{where}: unknown column entries {', '.join(sorted(map(str, unknown)))}")
+        raise ContractError(
+            f"{where}: unknown column entries {', '.join(sorted(map(str, unknown)))}"
+        )
     name = _text(where, item, "name")
     here = f"{where}, column {name}"
     column = Column(name, _text(here, item, "type").upper(), _text(here, item, "description"))
@@ -188,7 +203,9 @@ def parse_table(path: Path, data: Any) -> Table:
     key = _names(where, data.get("key", []), "key") if data.get("key") else ()
     for column in [*key, *(t.column for t in tests)]:
         if column not in names:
-            raise ContractError(f"{where}: {column!r} is used by `key` or a test but is not a column")
+            raise ContractError(
+                f"{where}: {column!r} is used by `key` or a test but is not a column"
+            )
     table = Table(
         name=name, description=_text(where, data, "description"), grain=_text(where, data, "grain"),
         key=key, columns=columns, tests=tuple(tests), path=path,
@@ -208,7 +225,9 @@ def load_table(path: Path) -> Table:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ContractError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        raise ContractError(
+            f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})"
+        ) from None
     return parse_table(path, data)
 
 

@@ -98,7 +98,10 @@ entity: session
 def test_a_good_file_loads_with_its_tests(tmp_path: Path) -> None:
     table = load_table(write(tmp_path, GOOD))
     assert table.key == ("thing_id",)
-    assert [(c.name, c.type) for c in table.columns] == [("thing_id", "BIGINT"), ("kind", "VARCHAR")]
+    assert [(c.name, c.type) for c in table.columns] == [
+        ("thing_id", "BIGINT"),
+        ("kind", "VARCHAR"),
+    ]
     assert [(t.kind, t.column, t.severity, t.values) for t in table.tests] == [
         ("not_null", "kind", "error", ()),
         ("accepted_values", "kind", "warn", ("a", "b")),
@@ -248,7 +251,11 @@ def test_a_not_null_test_of_severity_error_is_fatal(con) -> None:
 def test_an_accepted_values_test_is_fatal_and_names_the_values(con, tmp_path: Path) -> None:
     all_sources(con)
     folder = copy_transforms(tmp_path)
-    edit(folder / "marts" / "packages_sold.sql", "        status,\n", "        lower(status) as status,\n")
+    edit(
+        folder / "marts" / "packages_sold.sql",
+        "        status,\n",
+        "        lower(status) as status,\n",
+    )
     with pytest.raises(TransformFailed) as failure:
         run_transforms(con, folder)
     assert str(failure.value) == (
@@ -260,7 +267,11 @@ def test_an_accepted_values_test_is_fatal_and_names_the_values(con, tmp_path: Pa
 def test_a_warn_test_is_reported_not_fatal(con, tmp_path: Path) -> None:
     all_sources(con)
     folder = copy_transforms(tmp_path)
-    edit(folder / "marts" / "packages_sold.sql", "        status,\n", "        lower(status) as status,\n")
+    edit(
+        folder / "marts" / "packages_sold.sql",
+        "        status,\n",
+        "        lower(status) as status,\n",
+    )
     edit(
         folder / "marts" / "packages_sold.yml",
         "{values: [OPEN, CLOSED]}",

@@ -30,7 +30,8 @@ def schemas(path: Path) -> set[str]:
     return {
         name
         for (name,) in query(
-            path, "select schema_name from duckdb_schemas() where database_name = current_database()"
+            path,
+            "select schema_name from duckdb_schemas() where database_name = current_database()",
         )
     }
 
