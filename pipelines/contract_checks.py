@@ -25,6 +25,10 @@ from practice_sync.errors import TransformFailed
 _KEPT = "so the previous analytics tables were kept"
 
 
+def _rows(count: int) -> str:
+    return f"{count:,} row" if count == 1 else f"{count:,} rows"
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -160,7 +164,7 @@ def run_data_tests(
             nulls = "" if table.key_nulls else " or NULL"
             raise TransformFailed(
                 f"analytics.{table.name} failed its key test on {', '.join(table.key)} in "
-                f"{failed:,} rows (duplicate{nulls} keys), {_KEPT}."
+                f"{_rows(failed)} (duplicate{nulls} keys), {_KEPT}."
             )
         for test in table.tests:
             where = failing_rows(test, built)
@@ -172,7 +176,7 @@ def run_data_tests(
             if failed:
                 raise TransformFailed(
                     f"analytics.{table.name}.{test.column} failed its {test.describe()} test in "
-                    f"{failed:,} rows, {_KEPT}."
+                    f"{_rows(failed)}, {_KEPT}."
                 )
     for table in tables:
         for test in table.tests:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -233,7 +235,7 @@ def test_a_null_key_is_fatal_unless_the_contract_says_it_is_reported(con, tmp_pa
     for name in ("sessions", "session_history", "session_cancellations"):
         path = folder / "marts" / f"{name}.yml"
         path.write_text(re.sub(r"key_nulls: >-\n(  .*\n)+", "", path.read_text()))
-    with pytest.raises(TransformFailed, match=r"in 1 rows \(duplicate or NULL keys\)"):
+    with pytest.raises(TransformFailed, match=r"in 1 row \(duplicate or NULL keys\)"):
         run_transforms(con, folder)
 
 
@@ -242,7 +244,7 @@ def test_a_not_null_test_of_severity_error_is_fatal(con) -> None:
     with pytest.raises(TransformFailed) as failure:
         run_transforms(con)
     assert str(failure.value) == (
-        "analytics.session_history.valid_from failed its not_null test in 1 rows, so the "
+        "analytics.session_history.valid_from failed its not_null test in 1 row, so the "
         "previous analytics tables were kept."
     )
     assert snapshot(con) == {}  # no earlier build: nothing at all
@@ -259,7 +261,7 @@ def test_an_accepted_values_test_is_fatal_and_names_the_values(con, tmp_path: Pa
     with pytest.raises(TransformFailed) as failure:
         run_transforms(con, folder)
     assert str(failure.value) == (
-        "analytics.packages_sold.status failed its accepted_values (OPEN, CLOSED) test in 1 rows, "
+        "analytics.packages_sold.status failed its accepted_values (OPEN, CLOSED) test in 1 row, "
         "so the previous analytics tables were kept."
     )
 
@@ -378,3 +380,14 @@ def test_the_bi_guide_has_one_working_query_per_table_with_its_grain(con) -> Non
     assert con.execute(examples["timetap_clients"][1]).fetchall() == [
         ("Ada", "L", "ada@example.com", 7001, "OPEN", 7)
     ]
+
+
+def test_the_docs_command_prints_or_writes_the_dictionary(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "practice_sync.cli", "docs"]
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == docs.dictionary(CONTRACT)
+    out = tmp_path / "dictionary.md"
+    written = subprocess.run([*command, "--out", str(out)], capture_output=True, timeout=120)
+    assert written.returncode == 0 and written.stdout == b""
+    assert out.read_text(encoding="utf-8") == docs.dictionary(CONTRACT)
