@@ -35,10 +35,16 @@ def _table_section(table: Table) -> list[str]:
         table.description,
         "",
         f"- **One row per:** {table.grain}",
-        f"- **Key:** {_key(table)} (unique and not null; a failure stops the rebuild, exit 7)",
     ]
-    if table.key_nulls:
+    if not table.key:
+        lines.append("- **Key:** none")
+    elif table.key_nulls:
+        lines.append(f"- **Key:** {_key(table)}, unique (a duplicate stops the rebuild, exit 7)")
         lines.append(f"- **NULL key allowed:** {table.key_nulls}")
+    else:
+        lines.append(
+            f"- **Key:** {_key(table)}, unique and not null (a failure stops the rebuild, exit 7)"
+        )
     if table.source:
         lines.append(f"- **Source:** {table.source}")
     lines += ["", "| column | type | meaning | tests |", "|---|---|---|---|"]
