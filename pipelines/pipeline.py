@@ -315,6 +315,7 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
         failpoint("after-normalize")
         with phase(report.phases, "load"):
             pipeline.load()
+            dlt_glue.drop_staging_dataset(pipeline)
     except Exception as exc:
         explained = _explain(exc, spec, job)
         if explained is None:
@@ -346,6 +347,7 @@ def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | 
 
 def _transform_into(database: Path, report: RunReport) -> None:
     """Rebuild `analytics` in one transaction (a failure keeps yesterday's tables)."""
+    from practice_sync.contract import ContractError
     from practice_sync.transform import TransformOrderError, run_transforms
 
     if not database.exists():
@@ -355,7 +357,7 @@ def _transform_into(database: Path, report: RunReport) -> None:
         try:
             with phase(report.phases, "transforms"):
                 report.analytics = run_transforms(con)
-        except (duckdb.Error, TransformOrderError) as exc:
+        except (duckdb.Error, TransformOrderError, ContractError) as exc:
             raise TransformFailed(
                 "The analytics tables could not be rebuilt and were kept as they were "
                 f"({first_line(exc)})."
