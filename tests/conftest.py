@@ -193,6 +193,7 @@ def _pristine(sim: Simulator) -> bool:
         and not sim._faults._armed
         and not sim._hooks._armed
         and sim.bizstim.rows() == fresh.bizstim.rows()
+        and sim.timetap.client_ids() == fresh.timetap.client_ids()
         and sim.timetap.active_packages() == fresh.timetap.active_packages()
         and sim.timetap.packages_sold() == fresh.timetap.packages_sold()
     )
