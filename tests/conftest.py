@@ -3,6 +3,8 @@
 Every test gets its own temp dir for dlt's global state and the warehouse, so nothing touches
 `~/.dlt` and tests can run in any order. No test may wait forever: every child process a test
 starts goes through `spawn()` and is killed, and waited for with a timeout, when the test ends.
+`first_run` gives a test the warehouse of a first load of the untouched simulator without paying
+for that load again in every test.
 """
 
 from __future__ import annotations
