@@ -21,7 +21,16 @@ from typing import Any, Literal
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, history, interrupt, serve, status, warehouse
+from practice_sync import (
+    context,
+    dlt_glue,
+    history,
+    interrupt,
+    publish,
+    serve,
+    status,
+    warehouse,
+)
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -203,8 +212,9 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
 def _close(
     database: Path, report: RunReport, code: int, signal_code: int | None = None
 ) -> ExitCode:
-    """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file.
-    Neither depends on the rebuild having worked; a failure to publish is exit 8."""
+    """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file
+    and, after a good rebuild, the `practice_sync.publish` destinations (exit 10 if one fails).
+    The first two do not depend on the rebuild having worked; a failure to publish is exit 8."""
     if not database.exists():
         return ExitCode(code) if signal_code is None else ExitCode.OK
     config = duckdb_config()
@@ -217,6 +227,8 @@ def _close(
                     target = serve.serve_path(database)
                     serve.publish(con, target)
                 report.serving = target
+                published = publish.publish_all(con, database, report)
+                code = code or published
     except (LoadFailed, duckdb.Error) as exc:
         if signal_code is not None:
             return ExitCode.OK
@@ -247,6 +259,7 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
                 target = serve.serve_path(database)
                 serve.publish(con, target)
                 report.serving = target
+                code = publish.publish_all(con, database, report)
     return report, code
 
 
