@@ -21,6 +21,7 @@ is sent whole. Destinations without transactional DDL get dlt's `replace` instea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -43,6 +44,7 @@ STATE = "publish_state"  # in the warehouse: what each destination was last sent
 ROW_KEY = "_dlt_id"  # the published tables' row identity, named as in every table dlt writes
 TRANSACTIONAL = ("postgres",)  # destinations the one-transaction apply is written (and tested) for
 BATCH_ROWS = 100_000
+TEXT_MARK = "."
 log = logging.getLogger("practice-sync")
 
 # DuckDB type -> PostgreSQL type; any other type is sent as text
@@ -80,6 +82,12 @@ class Table:
     def signature(self) -> str:
         """Names and types in order: when this changes the table is recreated and sent whole."""
         return json.dumps([[name, kind] for name, kind, _ in self.columns])
+
+    @property
+    def staged(self) -> str:
+        """Its staging table: named by its shape, so dlt never has to change a column's type."""
+        digest = hashlib.md5(self.signature.encode()).hexdigest()[:8]
+        return f"{self.name}__rows_{digest}"
 
 
 @dataclass
@@ -128,7 +136,7 @@ def destinations() -> list[str]:
         except ValueError:
             value = None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{SETTING} must be a list of dlt destinations such as [\"postgres\"].")
+        raise ConfigError(f'{SETTING} must be a list of dlt destinations such as ["postgres"].')
     for name in value:
         check_destination(name)
     return list(value)
@@ -219,12 +227,13 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str
     _ensure_state(con)
     with staging.sql_client() as client:
         on_server = _server_version(client, staging_schema)
+        present = _server_tables(client, schema)
     plans: list[Plan] = []
     try:
         whole = on_server is None or on_server != _state_version(con, name)
-        plans = _plan(con, name, tables, whole)
+        plans = _plan(con, name, tables, whole, present)
         if any(p.added or p.removed for p in plans):
-            staging.run(_resources(con, plans), loader_file_format="csv", refresh="drop_sources")
+            staging.run(_resources(con, plans), loader_file_format="csv")
         version = uuid.uuid4().hex
         with staging.sql_client() as client, client.begin_transaction():
             _apply(client, schema, staging_schema, plans, _gone_tables(con, name, tables))
@@ -294,6 +303,14 @@ def _server_version(client: Any, staging: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
+def _server_tables(client: Any, schema: str) -> set[str]:
+    """The tables the target schema holds now (one dropped by hand is sent whole again)."""
+    rows = client.execute_sql(
+        "select table_name from information_schema.tables where table_schema = %s", schema
+    )
+    return {str(row[0]) for row in rows or []}
+
+
 def _row_keys_sql(table: Table) -> str:
     """Each row's key: md5 of its content, numbered among identical rows."""
     digest = "md5(to_json(t)::varchar)"
@@ -304,7 +321,11 @@ def _row_keys_sql(table: Table) -> str:
 
 
 def _plan(
-    con: duckdb.DuckDBPyConnection, name: str, tables: Sequence[Table], whole: bool
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    tables: Sequence[Table],
+    whole: bool,
+    present: set[str],
 ) -> list[Plan]:
     """Compare tonight's row keys with those last published; the keys stay in temp tables."""
     signatures = dict(
@@ -314,7 +335,8 @@ def _plan(
     )
     plans = []
     for table in tables:
-        plan = Plan(name, table, whole or signatures.get(table.name) != table.signature)
+        same = signatures.get(table.name) == table.signature and table.name in present
+        plan = Plan(name, table, whole or not same)
         con.execute(f"create or replace temp table {plan.keys} as {_row_keys_sql(table)}")
         if plan.whole:
             plan.added = _count(con, f"select count(*) from {plan.keys}")
@@ -331,8 +353,8 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 
 def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan]) -> Any:
-    """One dlt resource sending, table by table, the rows to add (`<table>__rows`) and the keys
-    to delete (`<table>__gone`), streamed from DuckDB in Arrow batches (one query at a time:
+    """One dlt resource sending, table by table, the rows to add (`<table>__rows_<shape>`) and
+    the keys to delete (`<table>__gone`), streamed from DuckDB in Arrow batches (one query at a time:
     a DuckDB connection has one open result)."""
     queries: list[tuple[str, str]] = []
     for plan in plans:
@@ -344,17 +366,30 @@ def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan]) -> Any:
                 f'select k.row_key, {columns} from {SOURCE_SCHEMA}."{table.name}" t '
                 f"join {chosen} k on t.rowid = k.rid"
             )
-            queries.append((f"{table.name}__rows", sql))
+            queries.append((table.staged, sql))
         if plan.removed:
             queries.append((f"{table.name}__gone", plan.gone_keys))
     return _resource(con, queries, "publish")
 
 
+def _as_text(kind: str) -> bool:
+    """Columns that travel as text: VARCHAR, and types PostgreSQL has no match for."""
+    return kind == "VARCHAR" or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
+
+
 def _as_sent(column: str, kind: str) -> str:
-    """The column as sent: types PostgreSQL has no match for travel as text."""
-    if kind in PG_TYPES or kind.startswith("DECIMAL"):
-        return f't."{column}"'
-    return f't."{column}"::varchar as "{column}"'
+    """The column as sent. dlt's COPY reads an empty csv field as NULL (`FORCE_NULL`), so text
+    travels behind a one-character prefix that the server strips: '' stays '', NULL stays NULL."""
+    if _as_text(kind):
+        return f'\'{TEXT_MARK}\' || t."{column}"::varchar as "{column}"'
+    return f't."{column}"'
+
+
+def _as_stored(column: str, kind: str) -> str:
+    """The staged column as the published table stores it."""
+    if _as_text(kind):
+        return f'substr("{column}", 2)::{pg_type(kind)}'
+    return f'"{column}"::{pg_type(kind)}'
 
 
 def _resource(con: duckdb.DuckDBPyConnection, queries: Sequence[tuple[str, str]], name: str) -> Any:
@@ -399,14 +434,18 @@ def _apply_table(client: Any, schema: str, staging: str, plan: Plan) -> None:
         )
     if plan.added:
         names = ", ".join(f'"{c}"' for c, _, _ in table.columns)
-        values = ", ".join(f'"{c}"::{pg_type(k)}' for c, k, _ in table.columns)
+        values = ", ".join(_as_stored(c, k) for c, k, _ in table.columns)
         conflict = "" if plan.whole else f' on conflict ("{ROW_KEY}") do nothing'
         client.execute_sql(
             f'insert into {target} ({names}, "{ROW_KEY}") select {values}, row_key '
-            f'from "{staging}"."{table.name}__rows"{conflict}'
+            f'from "{staging}"."{table.staged}"{conflict}'
         )
     if plan.whole:
         client.execute_sql(f'alter table {target} add primary key ("{ROW_KEY}")')
+    # applied: the staged copy need not take the server's disk until the next night
+    for staged, needed in ((table.staged, plan.added), (f"{table.name}__gone", plan.removed)):
+        if needed:
+            client.execute_sql(f'truncate "{staging}"."{staged}"')
 
 
 def _comment(client: Any, schema: str, table: Table) -> None:
@@ -433,9 +472,7 @@ def _stamp(client: Any, staging: str, version: str) -> None:
         "(version text not null, published_at timestamptz not null)"
     )
     client.execute_sql(f'delete from "{staging}".published_version')
-    client.execute_sql(
-        f'insert into "{staging}".published_version values (%s, now())', version
-    )
+    client.execute_sql(f'insert into "{staging}".published_version values (%s, now())', version)
 
 
 def _gone_tables(con: duckdb.DuckDBPyConnection, name: str, tables: Sequence[Table]) -> list[str]:
@@ -460,8 +497,7 @@ def _advance_state(
             _advance_table(con, plan)
         current = [plan.table.name for plan in plans]
         con.execute(
-            f"delete from {STATE}.rows where destination = ? "
-            "and not list_contains(?, table_name)",
+            f"delete from {STATE}.rows where destination = ? and not list_contains(?, table_name)",
             [name, current],
         )
         con.execute(
