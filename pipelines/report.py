@@ -150,7 +150,8 @@ class RunReport:
         if self.serving is not None:
             lines.append(f"serving file (for readers): {self.serving}")
         for destination, sent in self.published.items():
-            lines.append(f"published to {destination}: {sent}")
+            took = self.phases.get(f"publish:{destination}", 0.0)
+            lines.append(f"published to {destination}: {sent} in {took:,.1f} s")
         lines.append(f"time: {self.seconds:,.1f} s")
         return "\n".join(lines)
 
