@@ -356,7 +356,7 @@ def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan]) -> Any:
     """One dlt resource sending, table by table, the rows to add (`<table>__rows_<shape>`) and
     the keys to delete (`<table>__gone`), streamed from DuckDB in Arrow batches (one query at a time:
     a DuckDB connection has one open result)."""
-    queries: list[tuple[str, str]] = []
+    queries: list[tuple[str, str, Table | None]] = []
     for plan in plans:
         table = plan.table
         if plan.added:
@@ -366,9 +366,9 @@ def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan]) -> Any:
                 f'select k.row_key, {columns} from {SOURCE_SCHEMA}."{table.name}" t '
                 f"join {chosen} k on t.rowid = k.rid"
             )
-            queries.append((table.staged, sql))
+            queries.append((table.staged, sql, table))
         if plan.removed:
-            queries.append((f"{table.name}__gone", plan.gone_keys))
+            queries.append((f"{table.name}__gone", plan.gone_keys, None))
     return _resource(con, queries, "publish")
 
 
@@ -377,11 +377,12 @@ def _as_text(kind: str) -> bool:
     return kind == "VARCHAR" or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
 
 
-def _as_sent(column: str, kind: str) -> str:
+def _as_sent(column: str, kind: str, marked: bool = True) -> str:
     """The column as sent. dlt's COPY reads an empty csv field as NULL (`FORCE_NULL`), so text
     travels behind a one-character prefix that the server strips: '' stays '', NULL stays NULL."""
     if _as_text(kind):
-        return f'\'{TEXT_MARK}\' || t."{column}"::varchar as "{column}"'
+        mark = f"'{TEXT_MARK}' || " if marked else ""
+        return f'{mark}t."{column}"::varchar as "{column}"'
     return f't."{column}"'
 
 
@@ -392,13 +393,31 @@ def _as_stored(column: str, kind: str) -> str:
     return f'"{column}"::{pg_type(kind)}'
 
 
-def _resource(con: duckdb.DuckDBPyConnection, queries: Sequence[tuple[str, str]], name: str) -> Any:
+def _resource(
+    con: duckdb.DuckDBPyConnection, queries: Sequence[tuple[str, str, Table | None]], name: str
+) -> Any:
     def batches() -> Iterator[Any]:
-        for table_name, sql in queries:
-            for batch in con.sql(sql).to_arrow_reader(BATCH_ROWS):
-                yield dlt.mark.with_table_name(batch, table_name)
+        for table_name, sql, table in queries:
+            hints = dlt.mark.make_hints(table_name=table_name, columns=_hints(table))
+            reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+            empty = True
+            for batch in reader:
+                empty = False
+                yield dlt.mark.with_hints(batch, hints)
+            if empty:  # an empty table still exists, and `replace` must empty it
+                yield dlt.mark.with_hints(reader.schema.empty_table(), hints)
 
     return dlt.resource(batches, name=name, write_disposition="replace")
+
+
+def _hints(table: Table | None) -> list[dict[str, Any]]:
+    """dlt reads a naive Arrow timestamp as an instant (`timestamptz`); say it is wall-clock."""
+    columns = table.columns if table is not None else []
+    return [
+        {"name": column, "data_type": "timestamp", "timezone": False}
+        for column, kind, _ in columns
+        if kind == "TIMESTAMP"
+    ]
 
 
 def pg_type(kind: str) -> str:
@@ -546,8 +565,9 @@ def _replace(
     )
     queries = []
     for table in tables:
-        columns = ", ".join(_as_sent(column, kind) for column, kind, _ in table.columns)
-        queries.append((table.name, f'select {columns} from {SOURCE_SCHEMA}."{table.name}" t'))
+        columns = ", ".join(_as_sent(c, k, marked=False) for c, k, _ in table.columns)
+        sql = f'select {columns} from {SOURCE_SCHEMA}."{table.name}" t'
+        queries.append((table.name, sql, table))
     pipeline.run(_resource(con, queries, "analytics"))
     rows = sum(_count(con, f'select count(*) from {SOURCE_SCHEMA}."{t.name}"') for t in tables)
     return f"{schema}: {rows:,} rows replaced"

@@ -70,6 +70,8 @@ def fresh_database() -> Iterator[str]:
     try:
         with admin.cursor() as cur:
             cur.execute(f'create database "{name}"')
+            # a zone with DST on the server's side too: wall-clock times must not move
+            cur.execute(f"alter database \"{name}\" set timezone to 'America/New_York'")
         yield with_database(server_url(), name)
     finally:
         with admin.cursor() as cur:

@@ -252,3 +252,32 @@ def pg_query_exec(url: str, sql: str) -> None:
     with contextlib.closing(psycopg2.connect(url)) as con, con.cursor() as cur:
         cur.execute(sql)
         con.commit()
+
+
+def test_destinations_without_transactions_get_dlts_replace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MotherDuck, Snowflake or BigQuery take the same settings path but get dlt's `replace`;
+    here dlt's own duckdb destination (a second file) stands in for them."""
+    path = tmp_path / "w.duckdb"
+    other = tmp_path / "elsewhere.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(other))
+        sent = publish.publish_to(con, "duckdb", path)
+        assert sent == "analytics: 52 rows replaced"
+        con.execute("delete from analytics.visits where visit_id < 10")
+        assert publish.publish_to(con, "duckdb", path) == "analytics: 40 rows replaced"
+    duck = duckdb_analytics(str(path))
+    with contextlib.closing(duckdb.connect(str(other), read_only=True)) as con:
+        for table, (columns, rows) in duck.items():
+            names = ", ".join(f'"{name}"' for name, _ in columns)
+            there = con.execute(f"select {names} from analytics.{table}").fetchall()
+            assert sorted(there, key=repr) == sorted(rows.elements(), key=repr), table
+            types = con.execute(
+                "select column_name, data_type from duckdb_columns() where schema_name = "
+                "'analytics' and table_name = ? and column_name not like '\\_dlt%' escape '\\' "
+                "order by column_index",
+                [table],
+            ).fetchall()
+            assert types == columns, table
