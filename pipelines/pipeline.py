@@ -228,7 +228,8 @@ def _close(
                     serve.publish(con, target)
                 report.serving = target
                 published = publish.publish_all(con, database, report)
-                code = code or published
+                if published and code in (ExitCode.OK, ExitCode.DELETIONS_WITHHELD):
+                    code = published  # a failure outranks a withheld deletion, as in _worst
     except (LoadFailed, duckdb.Error) as exc:
         if signal_code is not None:
             return ExitCode.OK
