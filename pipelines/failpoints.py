@@ -19,7 +19,14 @@ from practice_sync import interrupt
 ENV = "PRACTICE_SYNC_FAILPOINT"
 PAUSE_ENV = "PRACTICE_SYNC_PAUSEPOINT"
 PAUSE_FILE_ENV = "PRACTICE_SYNC_PAUSEFILE"
-POINTS = ("mid-extract", "after-extract", "after-normalize", "mid-load", "mid-transform")
+POINTS = (
+    "mid-extract",
+    "after-extract",
+    "after-normalize",
+    "mid-load",
+    "mid-transform",
+    "mid-publish",
+)
 PAUSE_SECONDS = 120.0
 
 

@@ -35,6 +35,7 @@ import dlt
 import duckdb
 
 from practice_sync.errors import ConfigError, ExitCode
+from practice_sync.failpoints import failpoint
 from practice_sync.report import RunReport, phase
 
 SETTING = "practice_sync.publish (PRACTICE_SYNC__PUBLISH)"
@@ -238,6 +239,7 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str
         with staging.sql_client() as client, client.begin_transaction():
             _apply(client, schema, staging_schema, plans, _gone_tables(con, name, tables))
             _stamp(client, staging_schema, version)
+            failpoint("mid-publish")  # tests: readers still see last night; a kill commits nothing
         _advance_state(con, name, plans, version)
     finally:
         for plan in plans:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import Env, make_env, messages, summary_lines
+from conftest import Env, make_env, messages, summary_lines, wait_until_paused
 from pg import (
     assert_same,
     duckdb_analytics,
@@ -120,6 +120,28 @@ def test_a_failed_publish_keeps_the_server_and_the_next_run_catches_up(
     env.vars[SETTING] = pg_url
     caught_up = env.run("run")
     assert caught_up.code == 0, caught_up.stderr
+    assert_same(duckdb_analytics(str(env.database)), pg_analytics(pg_url))
+
+
+def test_readers_see_last_night_until_the_publish_commits_and_a_kill_commits_nothing(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
+    assert env.run("run").code == 0
+    before = pg_analytics(pg_url)
+    sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=9)
+    paused = tmp_path / "paused"
+    env.vars.update(PRACTICE_SYNC_PAUSEPOINT="mid-publish", PRACTICE_SYNC_PAUSEFILE=str(paused))
+    process = env.start("run")
+    wait_until_paused(process, paused)
+    # every change of the night is applied but not committed: a reader sees all of last night
+    assert pg_analytics(pg_url) == before
+    process.kill()
+    process.wait(timeout=30)
+    assert pg_analytics(pg_url) == before
+    del env.vars["PRACTICE_SYNC_PAUSEPOINT"]
+    result = env.run("run")
+    assert result.code == 0, result.stderr
     assert_same(duckdb_analytics(str(env.database)), pg_analytics(pg_url))
 
 
