@@ -234,6 +234,7 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str
         whole = on_server is None or on_server != _state_version(con, name)
         plans = _plan(con, name, tables, whole, present)
         if any(p.added or p.removed for p in plans):
+            staging.drop_pending_packages()  # a failed night's rows: tonight's plan replaces them
             staging.run(_resources(con, plans), loader_file_format="csv")
         version = uuid.uuid4().hex
         with staging.sql_client() as client, client.begin_transaction():
