@@ -34,6 +34,7 @@ from typing import Any
 import dlt
 import duckdb
 
+from practice_sync import dlt_glue
 from practice_sync.errors import ConfigError, ExitCode
 from practice_sync.failpoints import failpoint
 from practice_sync.report import RunReport, phase
@@ -192,6 +193,8 @@ def failure_sentence(name: str, exc: BaseException) -> str:
     cause = _root(exc)
     text = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
     text = re.sub(r"://[^@/\s]*@", "://***@", text)
+    if dlt_glue.missing_setting(cause) is not None:
+        text = "it has no credentials"
     return (
         f"The analytics tables were rebuilt but could not be published to {name} ({text}); "
         f"the server keeps its last complete state and the next run catches it up: check "

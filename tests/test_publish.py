@@ -303,3 +303,19 @@ def test_destinations_without_transactions_get_dlts_replace(
                 [table],
             ).fetchall()
             assert types == columns, table
+
+
+def test_a_destination_without_credentials_says_which_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.duckdb"
+    monkeypatch.setenv("PRACTICE_SYNC__PUBLISH", '["postgres"]')
+    with warehouse(path) as con:
+        _seed(con)
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+    assert report.publish_errors == [
+        "The analytics tables were rebuilt but could not be published to postgres (it has no "
+        "credentials); the server keeps its last complete state and the next run catches it up: "
+        "check destination.postgres.credentials (DESTINATION__POSTGRES__CREDENTIALS)."
+    ]
