@@ -3,11 +3,11 @@
 DuckDB stays the transform engine; dlt is the transport. For PostgreSQL a night costs what the
 night changed, and readers see last night's tables or tonight's, never a mix:
 
-1. every `analytics` row gets a key, the md5 of its content plus a counter for identical rows
+1. every `analytics` row gets a key, a hash of its content plus a counter for identical rows
    (tables need no primary key of their own); the keys last published to a destination live
    in the warehouse (`publish_state`), so the night's change is two anti-joins in DuckDB;
-2. dlt loads only the rows to add and the keys to delete (COPY of csv files) into a staging
-   schema on the server (`<schema>_publish`);
+2. DuckDB writes only the rows to add and the keys to delete as csv files, and dlt loads them
+   (PostgreSQL's COPY) into a staging schema on the server (`<schema>_publish`);
 3. one transaction on the server (dlt's sql_client) applies them to every table at once: deletes
    by key, inserts, new or reshaped tables recreated, column comments; PostgreSQL's DDL and DML
    are transactional, so a reader sees the old night or the new one;
@@ -508,7 +508,7 @@ def _comment(client: Any, schema: str, table: Table) -> None:
         client.execute_sql(f'comment on column {target}."{column}" is {_literal(comment)}')
     client.execute_sql(
         f'comment on column {target}."{ROW_KEY}" is '
-        "'The row''s identity for publishing: md5 of its content and a counter for identical rows.'"
+        "'The row''s identity for publishing: a hash of its content and a counter for identical rows.'"
     )
 
 
