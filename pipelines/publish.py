@@ -58,6 +58,7 @@ PG_TYPES = {
     "TINYINT": "smallint",
     "BOOLEAN": "boolean",
     "VARCHAR": "text",
+    "JSON": "json",  # kept as written (jsonb would reorder keys)
     "DATE": "date",
     "TIME": "time",
     "TIMESTAMP": "timestamp without time zone",
@@ -407,7 +408,7 @@ def _stage(
 
 def _as_text(kind: str) -> bool:
     """Columns that travel as text: VARCHAR, and types PostgreSQL has no match for."""
-    return kind == "VARCHAR" or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
+    return kind in ("VARCHAR", "JSON") or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
 
 
 def _as_sent(column: str, kind: str, marked: bool = True) -> str:

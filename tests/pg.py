@@ -128,7 +128,10 @@ def pg_analytics(
                 [f'"{schema}"."{table}"'],
             )
             columns = cur.fetchall()
-            names = ", ".join(f'"{name}"' for name, _ in columns)
+            # json as its text: psycopg2 would parse it, DuckDB hands back the text as written
+            names = ", ".join(
+                f'"{name}"::text' if kind == "json" else f'"{name}"' for name, kind in columns
+            )
             cur.execute(f'select {names} from "{schema}"."{table}"')
             rows = cur.fetchall()
             out[table] = (columns, Counter(tuple(_normal(v) for v in row) for row in rows))
@@ -141,6 +144,7 @@ PG_TYPE_OF = {
     "INTEGER": "integer",
     "BOOLEAN": "boolean",
     "VARCHAR": "text",
+    "JSON": "json",
     "DATE": "date",
     "TIMESTAMP": "timestamp without time zone",
     "TIMESTAMP WITH TIME ZONE": "timestamp with time zone",
