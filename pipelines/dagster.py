@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 import dlt
 
-from practice_sync import config_check
+from practice_sync import config_check, history
 from practice_sync.errors import ExitCode, PracticeSyncError
 from practice_sync.pipeline import SOURCES, Job, database_from_config, run, transform
 from practice_sync.report import RunReport, SourceReport
@@ -145,9 +145,9 @@ def results(
 
 def source_metadata(source: SourceReport, report: RunReport) -> dict[str, Any]:
     """What the summary and `ops.run_history` say about one source, as asset metadata."""
-    code = source.exit_code or (int(ExitCode.DELETIONS_WITHHELD) if source.withheld else 0)
+    outcome, code = history.source_outcome(source, interrupted=False)
     metadata: dict[str, Any] = {
-        "outcome": "failed" if source.error else "withheld" if source.withheld else "ok",
+        "outcome": outcome,  # and exit code: as in this source's row of ops.run_history
         "exit_code": code,
         "requests": source.http.requests,
         "retries": source.http.retries,
