@@ -57,7 +57,7 @@ def asset_specs() -> list[dg.AssetSpec]:
         dg.AssetSpec(
             source_key(name, account),
             description=f"{spec.title} raw tables ({', '.join(spec.tables)}) of account "
-            f"{account}, full history, in the warehouse's `{name}` dataset.",
+            f"{account}, with their full history (dlt `scd2`).",
             group_name=GROUP,
             kinds={"dlt", "duckdb"},
             skippable=True,  # a source without credentials is skipped, as `practice-sync run` does

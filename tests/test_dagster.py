@@ -161,6 +161,38 @@ def test_a_rejected_key_fails_only_its_asset_with_the_clis_sentence_and_exit_cod
     assert f"practice-sync: {description}" in messages(ran.stderr)
 
 
+def test_a_withheld_mass_deletion_loads_fails_the_run_and_is_confirmed_by_run_config(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = use(make_env(sim, tmp_path, timetap=False), monkeypatch)
+    assert materialize([BIZSTIM]).success
+    rows = sim.bizstim.rows()
+    vanished = [row["id"] for row in rows[len(rows) // 2 :]]
+    for session_id in vanished:
+        sim.bizstim.delete(session_id)
+
+    withheld = materialize([BIZSTIM])
+    assert not withheld.success
+    loaded = materialized(withheld)[BIZSTIM]  # edits and new rows did load: it is materialised
+    assert (loaded["outcome"], loaded["exit_code"], loaded["sessions_retired"]) == (
+        "withheld",
+        3,
+        0,
+    )
+    description, metadata = the_failure(withheld)
+    assert loaded["withheld"] == description
+    assert "--allow-deletions" in str(description)
+    assert (metadata["exit_code"], metadata["failed"]) == (3, "bizstim/default")
+    current = env.query("select count(*) from bizstim.sessions where _dlt_valid_to is null")
+    assert current == [(len(rows),)]
+
+    confirmed = materialize([BIZSTIM], allow_deletions=True)  # the launchpad's `--allow-deletions`
+    assert confirmed.success
+    retired = materialized(confirmed)[BIZSTIM]
+    assert (retired["outcome"], retired["sessions_retired"]) == ("ok", len(vanished))
+    assert env.query("select count(*) from analytics.sessions") == [(len(rows) - len(vanished),)]
+
+
 def test_a_held_warehouse_fails_the_launch_as_the_cli_does_and_changes_nothing(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
