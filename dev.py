@@ -8,10 +8,11 @@ changes) and installs the project into it, editable, with the dev tools, at exac
 pinned in `constraints.txt`: a fresh clone gets what CI tested. Only the Python standard library
 is used here, because this file runs before anything is installed.
 
-`test` runs ruff, mypy, then pytest twice: every test not marked `serial` spread over one worker
-process per CPU (pytest-xdist), then the `serial` ones alone, one at a time, because their outcome
-depends on having the machine to themselves (timing, signals). The two runs split the suite by
-marker, so together they run every test exactly once; a closing `total:` line adds them up.
+`test` runs ruff, mypy, then pytest twice: every test not marked `serial` spread over worker
+processes (pytest-xdist: one per CPU and one more, work-stealing), then the `serial` ones alone,
+one at a time, because their outcome depends on having the machine to themselves (timing,
+signals). The two runs split the suite by marker, so together they run every test exactly once;
+a closing `total:` line adds them up.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ TYPECHECK_TREE = VENV / "typecheck"
 
 # pytest: the marker of tests that must run alone, and how many workers the rest get
 SERIAL = "serial"
-WORKERS = "logical"  # one per logical CPU; `python3 dev.py test -n 4` overrides it
+# One more worker than logical CPUs: many tests spend seconds waiting (a simulated slow answer, a
+# pause point, a stale-age check) and the spare worker keeps both cores busy meanwhile.
+# `python3 dev.py test -n 4` overrides it.
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+WORKERS = str(CPUS + 1)
+# worksteal: a worker that ran out of tests takes half of a busy one's queue, so a few long tests
+# scheduled late do not leave one worker running alone at the end
+DISTRIBUTION = "worksteal"
 NO_TESTS = 5  # pytest's exit code when nothing was collected / selected
 
 PIP_QUIET = ["--disable-pip-version-check", "-q"]
@@ -278,6 +286,8 @@ def test(args: list[str]) -> int:
             *pytest,
             "-n",
             WORKERS,
+            "--dist",
+            DISTRIBUTION,
             "-m",
             only(f"not {SERIAL}"),
             f"--junitxml={reports[0]}",

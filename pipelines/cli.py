@@ -91,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--clients", type=int, default=500, help="simulated TimeTap clients (default 500)"
     )
-    from practice_sync import html_report, status  # light: duckdb is imported when they run
+    from practice_sync import docs, html_report, status  # light: duckdb is imported when they run
 
     status.add_command(commands, common)
     html_report.add_command(commands, common)
+    docs.add_command(commands, common)
     return parser
 
 
@@ -207,6 +208,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "demo":
         return _demo(args)
+    if args.command == "docs":
+        from practice_sync import docs
+
+        return docs.main(args)
     config_check.check()
     if args.command == "run":
         job = Job(

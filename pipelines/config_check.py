@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from practice_sync import dlt_glue
+from practice_sync import dlt_glue, privacy
 from practice_sync.errors import ConfigError
 
 # settings of our own, beside the sources' arguments: name -> type
@@ -23,6 +23,7 @@ PRACTICE_SYNC_SETTINGS: dict[str, str] = {
     "memory_limit": "str",
     "serve_path": "str",
     "progress_interval": "float",
+    "privacy_salt": "secret",  # the salt of hashed columns (practice_sync.privacy)
 }
 
 
@@ -85,11 +86,32 @@ def check(environ: Mapping[str, str] | None = None) -> list[str]:
         types = known[given.section]
         if given.name not in types:
             raise ConfigError(_unknown(given, list(types)))
+        where = "" if given.origin == "the environment" else f" in {given.origin}"
+        if types[given.name] == "secret":
+            _check_secret(given, where)
+            continue
+        if given.name == "privacy" and given.section.startswith("sources."):
+            # column names only; whether a salt is needed is checked on the resolved policy below
+            privacy.parse(
+                given.section.split(".")[1], given.value, given.spelled() + where, "-" * 99
+            )
+            continue
         problem = _conversion_problem(given.value, types[given.name])
         if problem:
-            where = "" if given.origin == "the environment" else f" in {given.origin}"
             raise ConfigError(f"{given.spelled()}{where} is {given.value!r}, {problem}.")
+    for source in ("bizstim", "timetap"):
+        privacy.configured(source)  # a hash policy needs the salt
     return read
+
+
+def _check_secret(given: Given, where: str) -> None:
+    """A secret belongs in secrets.toml or the environment, never in a committed config.toml;
+    its value is never quoted."""
+    if given.origin != "the environment" and not given.origin.endswith("secrets.toml"):
+        raise ConfigError(
+            f"{given.spelled()}{where} is a secret: move it to secrets.toml or set "
+            f"{'__'.join([*given.section.split('.'), given.name]).upper()} in the environment."
+        )
 
 
 def _unknown(given: Given, names: list[str]) -> str:

@@ -107,6 +107,17 @@ def make_pipeline(
     )
 
 
+def drop_staging_dataset(pipeline: dlt.Pipeline) -> None:
+    """Drop the `<dataset>_staging` schema dlt's merge (scd2) loads through, once a load is
+    complete: dlt only truncates it, and an empty schema in every BI tool's list is noise. The
+    next load creates it again (dlt initializes the staging dataset on every merge load). Call
+    it only after a successful load: an interrupted one may still need its staged rows."""
+    with pipeline.sql_client() as client:
+        with client.with_staging_dataset():
+            if client.has_dataset():
+                client.drop_dataset()
+
+
 def discard_interrupted_extracts(pipeline: dlt.Pipeline) -> None:
     """A killed extract leaves a half-written sweep in a uniquely named folder that dlt never
     reads again; remove it so crashes do not pile up on disk (the caller holds the lock)."""

@@ -21,7 +21,16 @@ from typing import Any, Literal
 import dlt
 import duckdb
 
-from practice_sync import context, dlt_glue, history, interrupt, serve, status, warehouse
+from practice_sync import (
+    context,
+    dlt_glue,
+    history,
+    interrupt,
+    privacy,
+    serve,
+    status,
+    warehouse,
+)
 from practice_sync.errors import (
     ConfigError,
     ExitCode,
@@ -288,6 +297,12 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
             pipeline.normalize()
             pipeline.load()
         kwargs = job.overrides.get(spec.name, {})
+        # a changed privacy policy reaches the stored history first, so this load compares
+        # like with like (practice_sync.privacy)
+        policy = privacy.configured(spec.name, kwargs.get("privacy"))
+        report.notes += privacy.apply_to_history(
+            job.database, spec.name, policy, full_refresh=job.full_refresh
+        )
         with context.running(spec.name, run_context), phase(report.phases, "extract"):
             spec.extract_policy(
                 lambda: pipeline.extract(
@@ -300,6 +315,7 @@ def _load_source(spec: SourceSpec, job: Job, report: SourceReport) -> None:
         failpoint("after-normalize")
         with phase(report.phases, "load"):
             pipeline.load()
+            dlt_glue.drop_staging_dataset(pipeline)
     except Exception as exc:
         explained = _explain(exc, spec, job)
         if explained is None:
@@ -331,6 +347,7 @@ def _explain(exc: Exception, spec: SourceSpec, job: Job) -> PracticeSyncError | 
 
 def _transform_into(database: Path, report: RunReport) -> None:
     """Rebuild `analytics` in one transaction (a failure keeps yesterday's tables)."""
+    from practice_sync.contract import ContractError
     from practice_sync.transform import TransformOrderError, run_transforms
 
     if not database.exists():
@@ -340,7 +357,7 @@ def _transform_into(database: Path, report: RunReport) -> None:
         try:
             with phase(report.phases, "transforms"):
                 report.analytics = run_transforms(con)
-        except (duckdb.Error, TransformOrderError) as exc:
+        except (duckdb.Error, TransformOrderError, ContractError) as exc:
             raise TransformFailed(
                 "The analytics tables could not be rebuilt and were kept as they were "
                 f"({first_line(exc)})."

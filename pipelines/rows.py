@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from practice_sync.privacy import Policy
 
 ROW_HASH = "_dlt_id"
 INGEST_ISSUES = "_ingest_issues"
@@ -82,13 +85,15 @@ def rows_to_table(
     constants: Mapping[str, str | None] | None = None,
     check_replacement: bool = False,
     expect_text: bool = True,
+    policy: Policy | None = None,
 ) -> pa.Table:
     """One page of vendor rows as an all-text Arrow table with row hashes and ingest issues.
 
     Unknown fields become extra columns (dlt adds them to the table); a row that is not an
     object is kept as an issue-only row rather than dropped. `expect_text` is for vendors that
     promise strings (Bizstim): anything else is worth reporting there, not for TimeTap. A page
-    of plain string rows (the nightly case) never loops over values in Python.
+    of plain string rows (the nightly case) never loops over values in Python. The privacy
+    `policy` is applied before the row hashes, so they hash what is stored.
     """
     issues: dict[int, list[dict[str, str]]] = {}
     if not all(type(row) is dict for row in rows):
@@ -106,6 +111,8 @@ def rows_to_table(
         names.update(dict.fromkeys(chain.from_iterable(rows)))
         columns = {n: pa.array([row.get(n) for row in rows], type=pa.string()) for n in names}
     table = _finish(rows, columns, required, constants, check_replacement, issues)
+    if policy:
+        table = policy.apply(table)
     hashes = row_hashes(table, [*documented, *(constants or {}), INGEST_ISSUES])
     schema = table.schema.append(pa.field(ROW_HASH, pa.string(), nullable=False))
     return pa.Table.from_arrays([*table.columns, hashes], schema=schema)

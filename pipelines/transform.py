@@ -18,7 +18,9 @@ setup, staging, marts, by file name, so every build runs the same files in the s
 unknown dependency or a cycle is an error naming the file, raised before anything runs.
 
 Everything runs in ONE transaction: readers never see a half-built schema, and a failing file
-rolls back to the tables of the previous successful build.
+rolls back to the tables of the previous successful build. The contract (`marts/<table>.yml`,
+see contract.py) is checked in the same transaction after the models: every table built must
+match its file, gets its comments from it, and passes its data tests (contract_checks.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 import duckdb
 
 from practice_sync import interrupt
+from practice_sync.contract import load_contract
+from practice_sync.contract_checks import check_build
 from practice_sync.failpoints import failpoint
 from practice_sync.warehouse import table_exists
 
@@ -227,12 +231,17 @@ def run_transforms(
 
     `transforms_dir` defaults to TRANSFORMS_DIR (tests point it at a copy). The files are ordered
     before the transaction starts, so a bad dependency changes nothing. Any error while running
-    rolls the whole build back and is re-raised with the failing file named in a note.
+    rolls the whole build back and is re-raised with the failing file named in a note. A table
+    that breaks its contract (drift or a fatal data test) rolls it back with `TransformFailed`.
     """
-    plan = order_transforms(load_transforms(transforms_dir or TRANSFORMS_DIR))
+    folder = transforms_dir or TRANSFORMS_DIR
+    plan = order_transforms(load_transforms(folder))
+    contract = load_contract(folder / "marts")
     con.execute("begin transaction")
     try:
         built = _run_all(con, plan)
+        interrupt.check()
+        check_build(con, contract, built)
         counts = {
             table: con.execute(f'select count(*) from analytics."{table}"').fetchall()[0][0]
             for table in built

@@ -15,8 +15,8 @@ def issues_for(env: Env, record_id: str) -> set[tuple[str, str]]:
     return set(rows)
 
 
-def test_malformed_bizstim_rows_load_and_are_reported(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "bizstim").code == 0
+def test_malformed_bizstim_rows_load_and_are_reported(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "bizstim").code == 0
     missing = sim.bizstim.add({"id": "900001"}, drop=("session_date", "session_status"))
     unknown = sim.bizstim.add({"id": "900002", "room_name": "Studio B"})
     retyped = sim.bizstim.add({"id": "900003", "slots": 12, "client_id": {"id": 5}})

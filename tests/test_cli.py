@@ -43,8 +43,8 @@ def test_demo_loads_both_sources_and_shows_a_query(tmp_path: Path) -> None:
     assert "status" in proc.stdout and "saved" in proc.stdout
 
 
-def test_sql_and_transform_commands(env: Env) -> None:
-    assert env.run("run").code == 0
+def test_sql_and_transform_commands(env: Env, first_run) -> None:
+    assert first_run("run").code == 0
     result = env.run("sql", "select count(*) as n from analytics.sessions")
     assert result.code == 0, result.stderr
     n = env.query("select count(*) from analytics.sessions")[0][0]

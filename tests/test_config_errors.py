@@ -25,8 +25,8 @@ def assert_one_sentence(stderr: str, *fragments: str) -> None:
 
 
 @pytest.fixture
-def loaded(env: Env) -> Env:
-    result = env.run("run")
+def loaded(env: Env, first_run) -> Env:
+    result = first_run("run")
     assert result.code == 0, result.stderr
     return env
 

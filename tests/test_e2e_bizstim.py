@@ -49,8 +49,8 @@ def test_pages_are_fetched_concurrently_and_overlap_by_one_row(
     assert current_raw(env) == upstream(sim)
 
 
-def test_rerun_without_changes_writes_nothing(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "bizstim").code == 0
+def test_rerun_without_changes_writes_nothing(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "bizstim").code == 0
     versions = env.query("select count(*), max(_dlt_load_id) from bizstim.sessions")
     result = env.run("run", "--source", "bizstim")
     assert result.code == 0, result.stderr
@@ -58,8 +58,8 @@ def test_rerun_without_changes_writes_nothing(sim: Simulator, env: Env) -> None:
     assert "bizstim.sessions: 0 new, 0 changed, 0 retired" in result.stdout
 
 
-def test_a_night_of_changes_is_reflected_exactly(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "bizstim").code == 0
+def test_a_night_of_changes_is_reflected_exactly(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "bizstim").code == 0
     before = current_raw(env)
     night = sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=3)
     edited, deleted, added = night["edited"], night["deleted"], night["added"]

@@ -46,8 +46,8 @@ def test_first_load_fills_the_analytics_tables(sim: Simulator, tmp_path: Path) -
     assert sum("/packageSold/client/" in p for p in log) == len(sim.timetap.client_ids())
 
 
-def test_rerun_without_changes_rewrites_nothing(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "timetap").code == 0
+def test_rerun_without_changes_rewrites_nothing(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "timetap").code == 0
     before = env.query(
         "select (select count(*) from timetap.packages), (select count(*) from timetap.packages_sold)"
     )
@@ -61,8 +61,8 @@ def test_rerun_without_changes_rewrites_nothing(sim: Simulator, env: Env) -> Non
     assert "timetap.packages_sold: 0 new, 0 changed, 0 retired" in result.stdout
 
 
-def test_a_night_of_changes_shows_up_exactly(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "timetap").code == 0
+def test_a_night_of_changes_shows_up_exactly(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "timetap").code == 0
     packages = sorted(sim.timetap.active_packages(), key=lambda p: p["packageId"])
     edited, retired = packages[0]["packageId"], packages[1]["packageId"]
     sim.timetap.edit_package(edited, price=packages[0]["price"] + 25)
@@ -129,8 +129,10 @@ def test_configured_client_ids_limit_the_sweep(sim: Simulator, env: Env) -> None
     assert [r[0] for r in loaded] == expected
 
 
-def test_a_client_whose_list_answers_404_is_that_clients_problem(sim: Simulator, env: Env) -> None:
-    assert env.run("run", "--source", "timetap").code == 0
+def test_a_client_whose_list_answers_404_is_that_clients_problem(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run", "--source", "timetap").code == 0
     sold = sim.timetap.packages_sold()
     lost = next(s for s in sold if s["client"]["clientId"] == sold[0]["client"]["clientId"])
     client_id = lost["client"]["clientId"]

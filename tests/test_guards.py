@@ -12,8 +12,8 @@ def current_ids(env: Env) -> set[str]:
     return {r[0] for r in env.query("select id from bizstim.sessions where _dlt_valid_to is null")}
 
 
-def test_total_zero_glitch_retires_nothing(sim: Simulator, env: Env) -> None:
-    assert env.run("run").code == 0
+def test_total_zero_glitch_retires_nothing(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run").code == 0
     before = current_ids(env)
     sim.add_fault(Fault(path=r"/sessions/", kind="empty", times=1))
     result = env.run("run", "--source", "bizstim")
@@ -24,8 +24,10 @@ def test_total_zero_glitch_retires_nothing(sim: Simulator, env: Env) -> None:
     assert env.query("select count(*) from analytics.sessions") == [(len(before),)]
 
 
-def test_far_fewer_rows_withholds_deletions_but_applies_edits(sim: Simulator, env: Env) -> None:
-    assert env.run("run").code == 0
+def test_far_fewer_rows_withholds_deletions_but_applies_edits(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run").code == 0
     rows = sim.bizstim.rows()
     kept, edited = rows[0]["id"], rows[1]["id"]
     sim.bizstim.edit(edited, session_description="Renamed by the front desk")
@@ -48,8 +50,8 @@ def test_far_fewer_rows_withholds_deletions_but_applies_edits(sim: Simulator, en
     assert f"{len(vanished)} retired" in confirmed.stdout
 
 
-def test_a_few_deletions_are_applied_without_asking(sim: Simulator, env: Env) -> None:
-    assert env.run("run").code == 0
+def test_a_few_deletions_are_applied_without_asking(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run").code == 0
     gone = sim.bizstim.rows()[5]["id"]
     sim.bizstim.delete(gone)
     result = env.run("run", "--source", "bizstim")
@@ -57,8 +59,10 @@ def test_a_few_deletions_are_applied_without_asking(sim: Simulator, env: Env) ->
     assert gone not in current_ids(env)
 
 
-def test_empty_client_list_does_not_retire_packages_sold(sim: Simulator, env: Env) -> None:
-    assert env.run("run").code == 0
+def test_empty_client_list_does_not_retire_packages_sold(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run").code == 0
     before = env.query("select count(*) from analytics.packages_sold")
     sim.add_fault(Fault(path=r"/clientIdList", kind="empty", times=1))
     result = env.run("run", "--source", "timetap")
@@ -67,8 +71,8 @@ def test_empty_client_list_does_not_retire_packages_sold(sim: Simulator, env: En
     assert env.query("select count(*) from analytics.packages_sold") == before
 
 
-def test_mass_package_retirement_is_withheld(sim: Simulator, env: Env) -> None:
-    assert env.run("run").code == 0
+def test_mass_package_retirement_is_withheld(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run").code == 0
     active = [p["packageId"] for p in sim.timetap.active_packages()]
     for pid in active[: len(active) // 2]:
         sim.timetap.retire_package(pid)
@@ -126,9 +130,11 @@ GUARDED = {
 
 
 @pytest.mark.parametrize("resource", sorted(GUARDED))
-def test_the_one_guard_for_every_resource(sim: Simulator, env: Env, resource: str) -> None:
+def test_the_one_guard_for_every_resource(
+    sim: Simulator, env: Env, resource: str, first_run
+) -> None:
     source, vanish, upstream_count, count_sql, withheld = GUARDED[resource]
-    assert env.run("run", "--source", source).code == 0
+    assert first_run("run", "--source", source).code == 0
     held = upstream_count(sim)
     assert env.query(count_sql) == [(held,)]
 
@@ -164,9 +170,11 @@ def test_a_session_dropped_by_a_listing_glitch_stays_current(sim: Simulator, env
     )
 
 
-def test_confirmations_per_run_are_bounded_and_the_rest_wait(sim: Simulator, env: Env) -> None:
+def test_confirmations_per_run_are_bounded_and_the_rest_wait(
+    sim: Simulator, env: Env, first_run
+) -> None:
     env.vars["SOURCES__BIZSTIM__MAX_CONFIRMATIONS"] = "2"
-    assert env.run("run", "--source", "bizstim").code == 0
+    assert first_run("run", "--source", "bizstim").code == 0
     gone = [r["id"] for r in sim.bizstim.rows()[10:15]]
     for session_id in gone:
         sim.bizstim.delete(session_id)
@@ -181,9 +189,9 @@ def test_confirmations_per_run_are_bounded_and_the_rest_wait(sim: Simulator, env
 
 
 def test_a_withheld_mass_deletion_says_how_many_were_confirmed_gone(
-    sim: Simulator, env: Env
+    sim: Simulator, env: Env, first_run
 ) -> None:
-    assert env.run("run", "--source", "bizstim").code == 0
+    assert first_run("run", "--source", "bizstim").code == 0
     rows = sim.bizstim.rows()
     for row in rows[:100]:
         sim.bizstim.delete(row["id"])  # really deleted

@@ -73,9 +73,9 @@ def history(env: Env) -> list[tuple]:
 
 
 def test_run_history_records_ok_failed_and_interrupted_runs(
-    sim: Simulator, env: Env, tmp_path: Path
+    sim: Simulator, env: Env, tmp_path: Path, first_run
 ) -> None:
-    assert env.run("run").code == 0
+    assert first_run("run").code == 0
     sessions, sold = len(sim.bizstim.rows()), len(sim.timetap.packages_sold())
     packages = len(sim.timetap.active_packages())
     env.vars["SOURCES__BIZSTIM__API_KEY"] = "wrong-key"
@@ -101,9 +101,9 @@ def test_run_history_records_ok_failed_and_interrupted_runs(
 
 
 def test_full_refresh_reloads_one_source_while_readers_keep_last_night(
-    sim: Simulator, env: Env, tmp_path: Path
+    sim: Simulator, env: Env, tmp_path: Path, first_run
 ) -> None:
-    assert env.run("run").code == 0
+    assert first_run("run").code == 0
     sim.bizstim.night_of_changes(edit=0.1, delete=0.02, new=0.05, seed=4)
     assert env.run("run").code == 0
     versions = env.query("select count(*) from bizstim.sessions")[0][0]

@@ -106,8 +106,8 @@ def test_cron_from_another_folder_with_config_dir(sim: Simulator, tmp_path: Path
     )
 
 
-def test_a_source_that_loaded_before_and_lost_its_key_fails(env: Env) -> None:
-    assert env.run("run").code == 0
+def test_a_source_that_loaded_before_and_lost_its_key_fails(env: Env, first_run) -> None:
+    assert first_run("run").code == 0
     del env.vars["SOURCES__BIZSTIM__API_KEY"]
     result = env.run("run")
     assert result.code == 2

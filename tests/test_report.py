@@ -210,8 +210,10 @@ def test_report_is_one_self_contained_page_that_chromium_draws(
     assert shot.stat().st_size > 60_000
 
 
-def test_report_without_run_history_still_draws_the_data(env: Env, tmp_path: Path) -> None:
-    assert env.run("run", "--quiet").code == 0
+def test_report_without_run_history_still_draws_the_data(
+    env: Env, tmp_path: Path, first_run
+) -> None:
+    assert first_run("run", "--quiet").code == 0
     old = tmp_path / "old_serving.duckdb"
     shutil.copy(serving_file(env), old)
     with contextlib.closing(duckdb.connect(str(old))) as con:

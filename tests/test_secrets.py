@@ -13,6 +13,7 @@ from practice_sync.simulator import Fault, Simulator
 BIZSTIM_KEY = "bizstim-SECRET-7f3a9c1e5b2d8f4a6c0e9b1d"
 TIMETAP_KEY = "timetap-SECRET-api-4e8b2c6a"
 TIMETAP_PRIVATE = "timetap-SECRET-private-9d1f3b7e"
+PRIVACY_SALT = "salt-SECRET-2c7e9a4f1b8d3e6a"
 
 
 def files_under(*roots: Path) -> list[Path]:
@@ -21,7 +22,7 @@ def files_under(*roots: Path) -> list[Path]:
 
 def test_keys_never_leave_the_process(tmp_path: Path) -> None:
     signature = hashlib.md5((TIMETAP_KEY + TIMETAP_PRIVATE).encode()).hexdigest()
-    needles = [BIZSTIM_KEY, TIMETAP_KEY, TIMETAP_PRIVATE, signature]
+    needles = [BIZSTIM_KEY, TIMETAP_KEY, TIMETAP_PRIVATE, signature, PRIVACY_SALT]
     with Simulator(
         sessions=300,
         clients=60,
@@ -30,6 +31,10 @@ def test_keys_never_leave_the_process(tmp_path: Path) -> None:
         timetap_private_key=TIMETAP_PRIVATE,
     ) as sim:
         env = make_env(sim, tmp_path)
+        # the privacy salt is a secret too: hash something with it
+        env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = PRIVACY_SALT
+        env.vars["SOURCES__BIZSTIM__PRIVACY"] = '{"hash": ["session_note"]}'
+        env.vars["SOURCES__TIMETAP__PRIVACY"] = '{"hash": ["client.emailAddress"]}'
         # make the run retry and refresh tokens too, so error paths are covered
         sim.add_fault(Fault(path=r"/sessions/", kind="500", times=1))
         sim.add_fault(Fault(path=r"/sessionToken", kind="503", times=1))

@@ -278,7 +278,12 @@ def test_clean_package_sold_is_fully_typed(con) -> None:
     packages_sold(con, {})
     counts = run_transforms(con)
 
-    assert counts == {"data_issues": 0, "package_sold_history": 1, "packages_sold": 1}
+    assert counts == {
+        "data_issues": 0,
+        "package_sold_history": 1,
+        "packages_sold": 1,
+        "timetap_clients": 1,
+    }
     assert fetch_dicts(con, "select * from analytics.packages_sold") == [
         {
             "package_sold_id": 7001,
@@ -481,6 +486,7 @@ def test_timetap_alone_builds_only_timetap_tables(con) -> None:
         "packages",
         "package_sold_history",
         "packages_sold",
+        "timetap_clients",
     }
     analytics = {
         name

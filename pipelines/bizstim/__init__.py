@@ -11,6 +11,9 @@ writes only what changed. A session missing from the listing is looked up with
 was dropped by a listing glitch and stays current with the values it returned; only one that
 Bizstim confirms gone is retired, and only if the deletion guard (`practice_sync.guard`) permits.
 Vanished sessions beyond the bound stay current until a later run confirms them.
+
+`privacy` ({"drop": [...], "hash": [...]}, see `practice_sync.privacy`) is applied to every
+page before dlt sees it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pyarrow as pa
 from dlt.sources import DltResource
 
 from practice_sync import context, guard
+from practice_sync import privacy as _privacy
 from practice_sync.http import HttpClient, RetryPolicy
 from practice_sync.rows import text_columns
 
@@ -42,8 +46,10 @@ def bizstim(
     backoff_base: float = 0.5,
     backoff_cap: float = 30.0,
     request_timeout: float = 60.0,
+    privacy: dict[str, list[str]] | None = None,
 ) -> DltResource:
     """Sessions of one Bizstim account."""
+    policy = _privacy.policy_for("bizstim", privacy)
     client = HttpClient(
         NAMES,
         base_url,
@@ -61,7 +67,7 @@ def bizstim(
         "bizstim", "Bizstim", "sessions", "id", "sessions", max_share=max_deletion_share
     )
     size = min(max(page_size, 2), MAX_PAGE_SIZE)
-    return sessions(client, size, parse_processes, deletions, max(max_confirmations, 0))
+    return sessions(client, size, parse_processes, deletions, max(max_confirmations, 0), policy)
 
 
 @dlt.resource(
@@ -75,14 +81,15 @@ def sessions(
     parse_processes: int,
     deletions: guard.DeletionGuard,
     max_confirmations: int,
+    policy: _privacy.Policy,
 ) -> Iterator[pa.Table]:
     """Every session, read in one consistent sweep; then each vanished session is looked up by
     id, and only those Bizstim confirms gone are retired (if the guard permits)."""
     try:
-        ids = yield from read_sweep(client, page_size, max(parse_processes, 0))
+        ids = yield from read_sweep(client, page_size, max(parse_processes, 0), policy)
         review = deletions.review(ids)
         yield from deletions.placeholder(review, empty_page())
-        gone = yield from confirm_vanished(client, review.vanished, max_confirmations)
+        gone = yield from confirm_vanished(client, review.vanished, max_confirmations, policy)
         if deletions.permit(review, confirmed_gone=len(gone)):
             yield from deletions.tombstones(gone)
     finally:

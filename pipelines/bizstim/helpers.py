@@ -23,6 +23,7 @@ from practice_sync import context
 from practice_sync.errors import NotFound, SourceUnavailable, SweepInconsistent, find_cause
 from practice_sync.failpoints import failpoint
 from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames, parse_json
+from practice_sync.privacy import Policy
 from practice_sync.report import Progress
 from practice_sync.rows import rows_to_table
 
@@ -49,13 +50,13 @@ def until_settled(extract: Callable[[], object]) -> None:
 
 
 def read_sweep(
-    client: HttpClient, page_size: int, parse_processes: int
+    client: HttpClient, page_size: int, parse_processes: int, policy: Policy | None = None
 ) -> Generator[pa.Table, None, pa.ChunkedArray]:
     """Yield every session of one sweep as Arrow tables; return the ids seen, once the sweep is
     known to be consistent (otherwise `SweepInconsistent` asks for another sweep)."""
     run = context.current("bizstim")
     run.report.sweeps += 1
-    sweep = Sweep(client, page_size, parse_processes=parse_processes)
+    sweep = Sweep(client, page_size, parse_processes=parse_processes, policy=policy)
     total = sweep.first_page().total
     progress = Progress("Bizstim sessions", total) if run.show_progress else None
     try:
@@ -86,12 +87,13 @@ def check_page(data: Any) -> None:
 PROCESS_POOL_MIN_PAGES = 40
 
 
-def decode_page(start: int, body: bytes) -> Page:
-    """Bytes to a checked, converted page; runs in a worker process on big sweeps, because
-    JSON parsing and Arrow conversion hold the GIL and would starve the fetch threads and dlt."""
+def decode_page(start: int, body: bytes, policy: Policy | None = None) -> Page:
+    """Bytes to a checked, converted page (privacy policy applied); runs in a worker process on
+    big sweeps, because JSON parsing and Arrow conversion hold the GIL and would starve the
+    fetch threads and dlt."""
     response = parse_json(body)
     check_page(response.data)
-    return _to_page(start, response)
+    return _to_page(start, response, policy)
 
 
 @dataclass
@@ -114,14 +116,17 @@ class Sweep:
     problems: list[str] = field(default_factory=list)
     id_chunks: list[pa.Array] = field(default_factory=list)
     rows: int = 0
+    policy: Policy | None = None  # privacy: applied to each page before anything keeps it
     _pool: Executor | None = None
 
     def fetch(self, start: int) -> Page:
         path = f"/sessions/{start}/{self.page_size}"
-        pool = self._pool
+        pool, policy = self._pool, self.policy
         if pool is None:
-            return self.client.get(path, lambda body: decode_page(start, body))
-        return self.client.get(path, lambda body: pool.submit(decode_page, start, body).result())
+            return self.client.get(path, lambda body: decode_page(start, body, policy))
+        return self.client.get(
+            path, lambda body: pool.submit(decode_page, start, body, policy).result()
+        )
 
     def first_page(self) -> Page:
         if self.first is None:
@@ -217,7 +222,7 @@ class Sweep:
             )
 
 
-def _to_page(start: int, response: JsonResponse) -> Page:
+def _to_page(start: int, response: JsonResponse, policy: Policy | None) -> Page:
     data = response.data
     rows = data["response"]
     timezone = data.get(TIMEZONE_COLUMN)
@@ -229,6 +234,7 @@ def _to_page(start: int, response: JsonResponse) -> Page:
         required=REQUIRED_FIELDS,
         constants={TIMEZONE_COLUMN: timezone},
         check_replacement=response.replaced_utf8,
+        policy=policy,
     )
     # a row without an id still loads (and is reported); it just cannot take part in overlap checks
     ids = [
@@ -244,7 +250,7 @@ def empty_page() -> pa.Table:
 
 
 def confirm_vanished(
-    client: HttpClient, vanished: pa.Array, limit: int
+    client: HttpClient, vanished: pa.Array, limit: int, policy: Policy | None = None
 ) -> Generator[pa.Table, None, list[str]]:
     """Look up each vanished session (at most `limit`), `concurrency` at a time; yield those that
     still answer (a listing glitch dropped them) and return the ids Bizstim confirmed gone."""
@@ -275,6 +281,7 @@ def confirm_vanished(
         yield rows_to_table(
             found, SESSION_FIELDS, entity="session", required=REQUIRED_FIELDS,
             constants={TIMEZONE_COLUMN: zone if isinstance(zone, str) else None},
+            policy=policy,
         )  # fmt: skip
     return gone
 

@@ -14,6 +14,8 @@ used to sign the session-token request. Returns two resources landing in dataset
   quantities and statuses.
 
 Vanished records of both are retired by the deletion guard (`practice_sync.guard`).
+`privacy` ({"drop": [...], "hash": [...]}, see `practice_sync.privacy`) is applied to both
+tables' rows before dlt sees them (`client.<key>` names a key of the embedded client object).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow as pa
 from dlt.sources import DltResource
 
 from practice_sync import context, guard
+from practice_sync import privacy as _privacy
 from practice_sync.http import HttpClient, RetryPolicy
 
 from .helpers import (
@@ -55,8 +58,10 @@ def timetap(
     backoff_base: float = 0.5,
     backoff_cap: float = 30.0,
     request_timeout: float = 60.0,
+    privacy: dict[str, list[str]] | None = None,
 ) -> Sequence[DltResource]:
     """Packages and packages sold of one TimeTap business."""
+    policy = _privacy.policy_for("timetap", privacy)
     client = HttpClient(
         NAMES,
         base_url,
@@ -91,8 +96,8 @@ def timetap(
         max_share=max_deletion_share,
     )
     return (
-        packages(api, package_guard),
-        timetap_clients(api, client_ids) | packages_sold(api, sold_guard),
+        packages(api, package_guard, policy),
+        timetap_clients(api, client_ids) | packages_sold(api, sold_guard, policy),
     )
 
 
@@ -101,9 +106,11 @@ def timetap(
     write_disposition=guard.scd2("package_id"),
     columns=guard.columns("package_id", PACKAGE_COLUMNS),
 )
-def packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[pa.Table]:
+def packages(
+    api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
+) -> Iterator[pa.Table]:
     """New and changed active packages, then the vanished ones as TimeTap now has them."""
-    yield from read_packages(api, deletions)
+    yield from read_packages(api, deletions, policy)
 
 
 @dlt.resource(name="client_ids", selected=False)
@@ -118,10 +125,10 @@ def timetap_clients(api: TimeTapApi, configured: Sequence[int] | None) -> Iterat
     columns=guard.columns("package_sold_id", PACKAGE_SOLD_COLUMNS),
 )
 def packages_sold(
-    clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard
+    clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
 ) -> Iterator[pa.Table]:
     """Every client's packages sold, fetched concurrently, then tombstones for vanished ones."""
-    sweep = yield from read_packages_sold(api, clients.ids)
+    sweep = yield from read_packages_sold(api, clients.ids, policy)
     review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients))
     yield from deletions.placeholder(review, empty_sold())
     if deletions.permit(review):

@@ -23,6 +23,7 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from practice_sync import context, guard
 from practice_sync.errors import AuthRejected, NotFound, UnusableResponse
 from practice_sync.http import BadBody, HttpClient, SourceNames
+from practice_sync.privacy import Policy
 from practice_sync.report import Progress
 from practice_sync.rows import ROW_HASH, rows_to_table, text_columns
 
@@ -119,14 +120,18 @@ def _check_token(data: Any) -> None:
 _MISSING = object()
 
 
-def read_packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[pa.Table]:
+def read_packages(
+    api: TimeTapApi, deletions: guard.DeletionGuard, policy: Policy | None = None
+) -> Iterator[pa.Table]:
     """Listed packages whose modifiedDate differs from the warehouse's, then the vanished ones
     (as far as the guard permits) as new inactive versions."""
     run = context.current("timetap")
     listed = [snake_row(row) for row in api.get("/package")]
     run.report.count("packages", len(listed))
     held = run.current("timetap", "packages", ["package_id", "modified_date"])
-    known = dict(zip(held["package_id"].to_pylist(), held["modified_date"].to_pylist(), strict=True))
+    known = dict(
+        zip(held["package_id"].to_pylist(), held["modified_date"].to_pylist(), strict=True)
+    )
     changed = [
         row
         for row in listed
@@ -144,7 +149,7 @@ def read_packages(api: TimeTapApi, deletions: guard.DeletionGuard) -> Iterator[p
                 changed.append(found)
     fields = [snake(f) for f in PACKAGE_FIELDS]
     if changed:
-        yield rows_to_table(changed, fields, entity="package", expect_text=False)
+        yield rows_to_table(changed, fields, entity="package", expect_text=False, policy=policy)
     yield from deletions.placeholder(review, rows_to_table([], fields, entity="package"))
     yield from deletions.tombstones(gone)
 
@@ -193,7 +198,7 @@ class SoldSweep:
 
 
 def read_packages_sold(
-    api: TimeTapApi, client_ids: Sequence[str]
+    api: TimeTapApi, client_ids: Sequence[str], policy: Policy | None = None
 ) -> Generator[pa.Table, None, SoldSweep]:
     """Yield the packages sold of every client, `CLIENT_BATCH` clients per Arrow table, fetched
     `concurrency` at a time. A client whose list answers 404 is that client's problem: the
@@ -219,7 +224,9 @@ def read_packages_sold(
             if progress:
                 progress.advance(1)
             if batch and (done % CLIENT_BATCH == 0 or done == len(client_ids)):
-                table = rows_to_table(batch, SOLD_FIELDS, entity="package_sold", expect_text=False)
+                table = rows_to_table(
+                    batch, SOLD_FIELDS, entity="package_sold", expect_text=False, policy=policy
+                )
                 seen.append(table["package_sold_id"].combine_chunks())
                 batch = []
                 yield table

@@ -26,6 +26,7 @@ renamed as (
         -- The client the row was fetched for; the embedded client object only as a fallback.
         coalesce(parse_int(client_id), parse_int(client_json ->> 'clientId')) as client_id,
         parse_int(pkg_json ->> 'packageId') as package_id,
+        client_json,  -- the embedded client object (marts/timetap_clients.sql)
         parse_decimal(price) as price,
         try_cast(parse_int(max_quantity) as integer) as max_quantity,
         try_cast(parse_int(used_quantity) as integer) as used_quantity,

@@ -1,0 +1,197 @@
+"""Apply the contract (`contract.py`) to a build, inside the rebuild's transaction.
+
+After the models ran, for every `analytics` table this build wrote:
+1. drift: its columns and DuckDB types (duckdb_columns()) must be exactly the contract's, in
+   order; a table without a contract file, or one that gained, lost or retyped a column, fails
+   the rebuild, so what readers get is always what the data dictionary says;
+2. comments: `COMMENT ON TABLE/COLUMN` from the descriptions (the serving file copies them);
+3. data tests: the key (unique + not null) and every test of severity error are fatal; tests
+   of severity warn (relationships by default) append one row per failing record to
+   `analytics.data_issues`, naming the test in `problem`.
+
+A fatal finding raises `TransformFailed` (exit 7): the caller rolls the transaction back, so
+yesterday's analytics stay, and the message names the table, column, test and row count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import duckdb
+
+from practice_sync.contract import DataTest, Table
+from practice_sync.errors import TransformFailed
+
+_KEPT = "so the previous analytics tables were kept"
+
+
+def _rows(count: int) -> str:
+    return f"{count:,} row" if count == 1 else f"{count:,} rows"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def built_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(column, DuckDB type) of `analytics.<table>` in column order."""
+    rows = con.execute(
+        "select column_name, data_type from duckdb_columns() "
+        "where schema_name = 'analytics' and table_name = ? order by column_index",
+        [table],
+    ).fetchall()
+    return [(str(name), str(type_)) for name, type_ in rows]
+
+
+def drift(table: Table, actual: Sequence[tuple[str, str]]) -> str | None:
+    """How the built columns differ from the contract's, or None when they match exactly."""
+    expected = [(c.name, c.type) for c in table.columns]
+    if actual == expected:
+        return None
+    built, described = dict(actual), dict(expected)
+    for name, type_ in actual:
+        if name not in described:
+            return f"the build has a column {name} ({type_}) that the contract does not list"
+        if described[name] != type_:
+            return f"column {name} is {type_} in the build but {described[name]} in the contract"
+    for name, _ in expected:
+        if name not in built:
+            return f"the contract lists a column {name} that the build does not have"
+    return "the columns are in another order than the contract lists them"
+
+
+def check_drift(
+    con: duckdb.DuckDBPyConnection, contract: Mapping[str, Table], built: Sequence[str]
+) -> None:
+    """Every table built matches its contract file exactly (see the module docstring)."""
+    for name in built:
+        table = contract.get(name)
+        if table is None:
+            raise TransformFailed(
+                f"analytics.{name} has no contract file (transforms/marts/{name}.yml), {_KEPT}."
+            )
+        difference = drift(table, built_columns(con, name))
+        if difference:
+            raise TransformFailed(
+                f"analytics.{name} does not match its contract {table.path.name}: {difference}, "
+                f"{_KEPT}."
+            )
+
+
+def apply_comments(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Table and column comments from the contract's descriptions."""
+    target = f"analytics.{_ident(table.name)}"
+    comment = f"{table.description} Grain: one row per {table.grain}."
+    if table.key:
+        comment += f" Key: {', '.join(table.key)}."
+    con.execute(f"comment on table {target} is {literal(comment)}")
+    for column in table.columns:
+        con.execute(
+            f"comment on column {target}.{_ident(column.name)} is {literal(column.description)}"
+        )
+
+
+def _key_failures(con: duckdb.DuckDBPyConnection, table: Table) -> int:
+    """Rows whose key is duplicated, plus rows with a NULL in the key unless `key_nulls` allows."""
+    key = ", ".join(map(_ident, table.key))
+    known = " and ".join(f"{_ident(c)} is not null" for c in table.key)
+    source = f"analytics.{_ident(table.name)}"
+    duplicates = con.execute(
+        f"select coalesce(sum(n), 0) from (select count(*) as n from {source} "
+        f"where {known} group by {key} having count(*) > 1)"
+    ).fetchall()[0][0]
+    nulls = 0
+    if not table.key_nulls:
+        nulls = con.execute(f"select count(*) from {source} where not ({known})").fetchall()[0][0]
+    return int(duplicates) + int(nulls)
+
+
+def failing_rows(test: DataTest, built: Sequence[str]) -> str | None:
+    """SQL condition on the table (alias t) for the rows a test fails, None when it cannot run."""
+    column = f"t.{_ident(test.column)}"
+    if test.kind == "not_null":
+        return f"{column} is null"
+    if test.kind == "accepted_values":
+        values = ", ".join(literal(v) for v in test.values)
+        return f"{column} is not null and cast({column} as varchar) not in ({values})"
+    targets = [name for name in test.to if name in built]
+    if not targets:
+        return None  # the other table was not built this time (its source is not configured)
+    missing = " and ".join(
+        f"not exists (select 1 from analytics.{_ident(name)} r "
+        f"where r.{_ident(test.field)} = {column})"
+        for name in targets
+    )
+    return f"{column} is not null and {missing}"
+
+
+def problem(test: DataTest) -> str:
+    """The data_issues `problem` text of a reported test."""
+    if test.kind == "relationships":
+        places = " or ".join(f"analytics.{t}.{test.field}" for t in test.to)
+        return f"relationships test: not found in {places}"
+    if test.kind == "accepted_values":
+        return f"accepted_values test: not one of {', '.join(test.values)}"
+    return "not_null test: missing"
+
+
+def _report(con: duckdb.DuckDBPyConnection, table: Table, test: DataTest, where: str) -> None:
+    record = (
+        "concat_ws(':', " + ", ".join(f"cast(t.{_ident(c)} as varchar)" for c in table.key) + ")"
+        if table.key
+        else "''"
+    )
+    con.execute(
+        "insert into analytics.data_issues "
+        f"select {literal(table.source)}, {literal(table.entity)}, {record}, "
+        f"{literal(test.column)}, cast(t.{_ident(test.column)} as varchar), "
+        f"{literal(problem(test))} from analytics.{_ident(table.name)} t where {where}"
+    )
+
+
+def run_data_tests(
+    con: duckdb.DuckDBPyConnection, contract: Mapping[str, Table], built: Sequence[str]
+) -> None:
+    """Fatal tests first (the first failure raises), then the reported ones write data issues."""
+    tables = [contract[name] for name in built if name in contract]
+    for table in tables:
+        if table.key and (failed := _key_failures(con, table)):
+            nulls = "" if table.key_nulls else " or NULL"
+            raise TransformFailed(
+                f"analytics.{table.name} failed its key test on {', '.join(table.key)} in "
+                f"{_rows(failed)} (duplicate{nulls} keys), {_KEPT}."
+            )
+        for test in table.tests:
+            where = failing_rows(test, built)
+            if not test.fatal or where is None:
+                continue
+            failed = con.execute(
+                f"select count(*) from analytics.{_ident(table.name)} t where {where}"
+            ).fetchall()[0][0]
+            if failed:
+                raise TransformFailed(
+                    f"analytics.{table.name}.{test.column} failed its {test.describe()} test in "
+                    f"{_rows(failed)}, {_KEPT}."
+                )
+    for table in tables:
+        for test in table.tests:
+            where = failing_rows(test, built)
+            if not test.fatal and where is not None:
+                _report(con, table, test, where)
+
+
+def check_build(
+    con: duckdb.DuckDBPyConnection, contract: Mapping[str, Table], built: Sequence[str]
+) -> None:
+    """Drift, comments and data tests for the tables of this build (no-op without a contract)."""
+    if not contract:
+        return
+    check_drift(con, contract, built)
+    for name in built:
+        apply_comments(con, contract[name])
+    run_data_tests(con, contract, built)
