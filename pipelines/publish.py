@@ -34,6 +34,7 @@ from typing import Any
 
 import dlt
 import duckdb
+from dlt.common.schema.typing import TColumnSchema
 
 from practice_sync import dlt_glue
 from practice_sync.errors import ConfigError, ExitCode
@@ -386,7 +387,9 @@ def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan], folder: Pa
         for table_name, sql, names in queries:
             path = folder / f"{table_name}.csv"
             con.execute(f"copy ({sql}) to {_literal(str(path))} (header, delimiter ',')")
-            columns = [{"name": name, "data_type": "text", "nullable": True} for name in names]
+            columns: list[TColumnSchema] = [
+                {"name": name, "data_type": "text", "nullable": True} for name in names
+            ]
             hints = dlt.mark.make_hints(table_name=table_name, columns=columns)
             yield dlt.mark.with_file_import(str(path), "csv", hints=hints)
 
@@ -444,7 +447,7 @@ def _resource(
     return dlt.resource(batches, name=name, write_disposition="replace")
 
 
-def _hints(table: Table | None) -> list[dict[str, Any]]:
+def _hints(table: Table | None) -> list[TColumnSchema]:
     """dlt reads a naive Arrow timestamp as an instant (`timestamptz`); say it is wall-clock."""
     columns = table.columns if table is not None else []
     return [
