@@ -11,6 +11,8 @@ Scenarios, each at every `--latencies` value (the simulator sleeps that long bef
   2. a re-run with no upstream change
   3. a re-run after a night of changes (1% edited, 0.1% deleted, 0.5% new sessions)
   4. `practice-sync transform` alone on the largest warehouse, next to a bare CREATE TABLE AS
+  5. publishing `analytics` to PostgreSQL (`practice_sync.publish`) from the largest warehouse:
+     the first publish into an empty database, then a night of changes (`--no-publish` skips it)
 
 `--quick` is the CI smoke test (small sizes, no timing assertion). See benchmarks/README.md.
 """
@@ -23,6 +25,7 @@ import datetime as dt
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +134,7 @@ class Row:
     floor: Floor | None = None
     floor_reused: bool = False  # same pages as an earlier row: its floor, not measured again
     baseline_s: float | None = None  # transforms: the bare CREATE TABLE AS
+    publish_s: float | None = None  # scenario 5: the publish step's own seconds
 
     @property
     def reference_s(self) -> float | None:
@@ -160,7 +164,9 @@ S1 = "1 first full sync"
 S2 = "2 re-run, no change"
 S3 = "3 re-run, night of changes"
 S4 = "4 transforms alone"
-S5 = "5 many accounts, first sync"
+S5 = "5 publish to PostgreSQL"
+S6 = "6 many accounts, first sync"
+PG_SERVER = "postgresql://postgres:bench@127.0.0.1:5432/postgres"  # or PRACTICE_SYNC_BENCH_POSTGRES
 
 
 # -- the scenarios -----------------------------------------------------------------------------
@@ -263,6 +269,8 @@ def bizstim_size(size: int, args: argparse.Namespace, work: Path, results: Resul
         if size == max(args.sizes):
             sim.set_latency(0)
             transforms_alone(size, houses[args.latencies[0]], sim, args, results)
+            if args.publish:
+                publish_scenario(size, houses[args.latencies[0]], sim, args, results)
 
 
 def ctas_seconds(database: Path) -> tuple[float, int]:
@@ -298,11 +306,11 @@ def transforms_alone(
 
 
 def many_accounts(args: argparse.Namespace, work: Path, results: Results) -> None:
-    """Scenario 5: `--accounts` Bizstim accounts of `--account-sessions` each on one server,
+    """Scenario 6: `--accounts` Bizstim accounts of `--account-sessions` each on one server,
     loaded by one run (`account_concurrency` accounts at once), against the floor fetching
     every account's pages with the same total concurrency."""
     count, size, lat = args.accounts, args.account_sessions, max(args.latencies)
-    log(f"{S5}: {count} accounts x {size:,} sessions at latency {lat:g} s")
+    log(f"{S6}: {count} accounts x {size:,} sessions at latency {lat:g} s")
     with SimulatorProcess(
         sessions=1, clients=1, seed=args.seed, accounts=count, account_sessions=size
     ) as sim:
@@ -311,7 +319,7 @@ def many_accounts(args: argparse.Namespace, work: Path, results: Results) -> Non
         warm = sim.warm()
         totals = sim.account_totals()
         results.notes.append(
-            f"Scenario 5: {count} accounts ({sum(totals.values()):,} sessions) generated in "
+            f"Scenario 6: {count} accounts ({sum(totals.values()):,} sessions) generated in "
             f"{info.generate_s:.1f} s, pages pre-rendered in {warm:.1f} s; accounts load "
             f"{args.account_concurrency} at a time, each with concurrency {args.concurrency}; "
             f"the floor fetches every account's pages with {args.account_concurrency * args.concurrency} "
@@ -337,12 +345,80 @@ def many_accounts(args: argparse.Namespace, work: Path, results: Results) -> Non
         env["PRACTICE_SYNC__ACCOUNT_CONCURRENCY"] = str(args.account_concurrency)
         for name, key in info.accounts:
             env[f"SOURCES__BIZSTIM__{name.upper()}__API_KEY"] = key
-        run = run_cli(["run", "--quiet", "--source", "bizstim"], env, sim, house / "log-5.txt")
+        run = run_cli(["run", "--quiet", "--source", "bizstim"], env, sim, house / "log-6.txt")
         row = Row(
-            S5, f"bizstim, {count} accounts", count * size, lat, sum(totals.values()), run, floor
+            S6, f"bizstim, {count} accounts", count * size, lat, sum(totals.values()), run, floor
         )
         results.rows.append(row)
         log(describe(row))
+        if run.exit_code:
+            log("  output:\n" + run.output[-2000:])
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty database on the benchmark's PostgreSQL server, dropped afterwards."""
+    import psycopg2
+
+    server = os.environ.get("PRACTICE_SYNC_BENCH_POSTGRES") or PG_SERVER
+    name = f"practice_sync_bench_{os.getpid()}"
+    admin = psycopg2.connect(server, connect_timeout=10)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {name} with (force)")
+            cur.execute(f"create database {name}")
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {name} with (force)")
+        admin.close()
+
+
+def published(output: str) -> tuple[int, int, float]:
+    """Rows added, rows removed and seconds from the summary's `published to postgres:` line."""
+    for line in output.splitlines():
+        found = re.search(
+            r"published to postgres: \S+ ([\d,]+) rows added, ([\d,]+) removed "
+            r"in ([\d.,]+) s",
+            line,
+        )
+        if found:
+            added, removed, seconds = (g.replace(",", "") for g in found.groups())
+            return int(added), int(removed), float(seconds)
+    return 0, 0, 0.0
+
+
+def publish_scenario(
+    size: int, house: Path, sim: SimulatorProcess, args: argparse.Namespace, results: Results
+) -> None:
+    """Scenario 5: `practice-sync transform` publishing the whole warehouse to an empty
+    database, then a run after a night of changes publishing only what changed."""
+    with postgres_database() as url:
+        env = pipeline_env(house, sim, args.concurrency)
+        env.update(PRACTICE_SYNC__PUBLISH='["postgres"]', DESTINATION__POSTGRES__CREDENTIALS=url)
+        log(f"  {S5}: first publish (practice-sync transform) ...")
+        first = run_cli(["transform"], env, sim, house / "log-5a.txt")
+        added, _, first_s = published(first.output)
+        results.rows.append(Row(S5, "postgres", size, None, added, first, publish_s=first_s))
+        log(describe(results.rows[-1]) + f", publish step {first_s:.1f} s")
+        night = sim.night_of_changes(**{**NIGHT, "seed": 2})
+        sim.warm()
+        log(f"  {S5}: night of changes, practice-sync run --source bizstim ...")
+        again = run_cli(["run", "--quiet", "--source", "bizstim"], env, sim, house / "log-5b.txt")
+        sent, removed, night_s = published(again.output)
+        results.rows.append(Row(S5, "postgres", size, None, sent, again, publish_s=night_s))
+        log(describe(results.rows[-1]) + f", publish step {night_s:.1f} s")
+    results.notes.append(
+        f"Scenario 5 (publish to PostgreSQL, {size:,} sessions): the first publish sent "
+        f"{added:,} rows in {first_s:.1f} s (the publish step; the whole `transform` took "
+        f"{first.wall_s:.1f} s); after a night of changes ({len(night['edited']):,} edited, "
+        f"{len(night['deleted']):,} deleted, {len(night['added']):,} new sessions) it sent "
+        f"{sent:,} rows and {removed:,} deletions in {night_s:.1f} s "
+        f"({night_s / first_s if first_s else 0:.2f}× the first publish; the `run` took "
+        f"{again.wall_s:.1f} s in all)."
+    )
+    for run in (first, again):
         if run.exit_code:
             log("  output:\n" + run.output[-2000:])
 
@@ -458,6 +534,9 @@ def table(results: Results) -> list[str]:
             ref = f"{f.seconds:.1f} ({f.download_s:.1f} + {f.read_json_s:.1f})"
             ref += " as in 1" if row.floor_reused else ""
             sim_cpu = f"{run.sim_cpu_s:.1f} / {row.floor.sim_cpu_s:.1f}"
+        elif row.publish_s is not None:
+            ref = f"publish step {row.publish_s:.1f}"
+            sim_cpu = f"{run.sim_cpu_s:.1f} / —"
         else:
             ref = f"CTAS {row.baseline_s:.1f}" if row.baseline_s is not None else "—"
             sim_cpu = f"{run.sim_cpu_s:.1f} / —"
@@ -541,7 +620,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[Target]:
     transform = results.find(S4, "transforms", big, None)
     if transform is not None:
         ratio_target("transforms vs bare CREATE TABLE AS", transform, 3.0)
-    many = next((r for r in results.rows if r.scenario == S5), None)
+    many = next((r for r in results.rows if r.scenario == S6), None)
     if many is not None:
         name = f"{args.accounts} accounts x {args.account_sessions:,} sessions, {slow * 1000:g} ms"
         if many.ratio is None:
@@ -609,12 +688,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timetap-reruns", action="store_true", help="also time TimeTap no-change re-runs"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp warehouses")
-    parser.add_argument("--accounts", type=int, help="scenario 5: Bizstim accounts (50; 0 skips)")
-    parser.add_argument("--account-sessions", type=int, help="scenario 5: sessions per account")
+    parser.add_argument("--accounts", type=int, help="scenario 6: Bizstim accounts (50; 0 skips)")
+    parser.add_argument("--account-sessions", type=int, help="scenario 6: sessions per account")
     parser.add_argument(
-        "--account-concurrency", type=int, default=4, help="scenario 5: accounts at once"
+        "--account-concurrency", type=int, default=4, help="scenario 6: accounts at once"
     )
-    parser.add_argument("--only-accounts", action="store_true", help="run scenario 5 alone")
+    parser.add_argument("--only-accounts", action="store_true", help="run scenario 6 alone")
+    parser.add_argument(
+        "--no-publish",
+        dest="publish",
+        action="store_false",
+        help="skip scenario 5 (needs PostgreSQL: 127.0.0.1:5432 or PRACTICE_SYNC_BENCH_POSTGRES)",
+    )
     args = parser.parse_args(argv)
     if args.accounts is None:
         args.accounts = 3 if args.quick else 50

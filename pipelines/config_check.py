@@ -25,6 +25,8 @@ PRACTICE_SYNC_SETTINGS: dict[str, str] = {
     "progress_interval": "float",
     "account_concurrency": "int",
     "privacy_salt": "secret",  # the salt of hashed columns (practice_sync.privacy)
+    "publish": "list[str]",  # dlt destinations analytics is published to (publish.py)
+    "publish_schema": "str",
 }
 
 
@@ -58,6 +60,8 @@ def known_settings() -> dict[str, dict[str, str]]:
     known["practice_sync"] = dict(PRACTICE_SYNC_SETTINGS)
     known["destination.duckdb"] = {name: "any" for name in dlt_glue.duckdb_setting_names()}
     known["destination.duckdb"]["credentials"] = "str"
+    # the destinations `practice_sync.publish` can name that this tool documents and tests
+    known["destination.postgres"] = dlt_glue.postgres_setting_names()
     return known
 
 
@@ -166,6 +170,28 @@ def _unknown(given: Given, names: list[str]) -> str:
     return f"Unknown setting {given.spelled()} in {where}: {hint}"
 
 
+def _string_list_problem(value: Any) -> str | None:
+    """`practice_sync.publish`: a list of dlt destination names (JSON in the environment)."""
+    import json
+
+    from practice_sync.publish import check_destination
+
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value) if value.strip().startswith("[") else [value.strip()]
+        except ValueError:
+            parsed = None
+    if not (isinstance(parsed, list) and all(isinstance(v, str) and v for v in parsed)):
+        return 'which is not a list of destination names such as ["postgres"]'
+    for name in parsed:
+        try:
+            check_destination(name)
+        except ConfigError:
+            return f"and {name!r} is not a dlt destination (postgres, motherduck, snowflake, ...)"
+    return None
+
+
 def _conversion_problem(value: Any, kind: str) -> str | None:
     """Why `value` cannot be a setting of type `kind`, or None when it can."""
     text = str(value).strip()
@@ -184,6 +210,8 @@ def _conversion_problem(value: Any, kind: str) -> str | None:
             accounts.parse_names(value, "source")
         except ConfigError:
             return 'which is not a list of account names such as ["downtown", "uptown"]'
+    elif kind == "list[str]":
+        return _string_list_problem(value)
     elif kind.startswith("Sequence[int]") and isinstance(value, str):
         import json
 

@@ -40,6 +40,21 @@ def duckdb_setting_names() -> list[str]:
     return [f.name for f in fields if not f.name.startswith("__")]
 
 
+def postgres_setting_names() -> dict[str, str]:
+    """Every setting dlt reads in `destination.postgres`, the credentials' parts included
+    (`DESTINATION__POSTGRES__CREDENTIALS__PASSWORD`)."""
+    from dlt.destinations.impl.postgres.configuration import (
+        PostgresClientConfiguration,
+        PostgresCredentials,
+    )
+
+    names = {f.name: "any" for f in dataclasses.fields(PostgresClientConfiguration)}
+    for part in dataclasses.fields(PostgresCredentials):
+        if not part.name.startswith("__"):
+            names[f"credentials__{part.name}"] = "any"
+    return {name: kind for name, kind in names.items() if not name.startswith("__")}
+
+
 def settings_dir() -> str:
     """The `.dlt` folder dlt reads config.toml and secrets.toml from."""
     from dlt.common.runtime.run_context import active

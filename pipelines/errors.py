@@ -22,6 +22,8 @@ class ExitCode(IntEnum):
     LOCKED = 6  # another run holds the warehouse
     TRANSFORM_FAILED = 7  # raw data loaded, analytics tables kept as they were
     LOAD_FAILED = 8  # the warehouse refused the write (disk full, file held by another program)
+    STALE = 9  # (`status --max-age` only) a source's last success is older than allowed
+    PUBLISH_FAILED = 10  # analytics rebuilt, but a `practice_sync.publish` destination refused it
 
 
 class PracticeSyncError(Exception):

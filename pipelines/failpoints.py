@@ -20,6 +20,8 @@ ENV = "PRACTICE_SYNC_FAILPOINT"
 PAUSE_ENV = "PRACTICE_SYNC_PAUSEPOINT"
 PAUSE_FILE_ENV = "PRACTICE_SYNC_PAUSEFILE"
 POINTS = ("mid-extract", "after-extract", "after-normalize", "mid-load", "mid-transform")
+# only where publishing is configured (tests/test_publish.py pauses and kills a run there)
+PUBLISH_POINTS = ("mid-publish",)
 PAUSE_SECONDS = 120.0
 
 

@@ -29,6 +29,7 @@ from practice_sync import (
     history,
     interrupt,
     privacy,
+    publish,
     rows,
     serve,
     status,
@@ -288,8 +289,9 @@ def _load_account(load: AccountLoad, job: Job, report: SourceReport) -> list[Exi
 def _close(
     database: Path, report: RunReport, code: int, signal_code: int | None = None
 ) -> ExitCode:
-    """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file.
-    Neither depends on the rebuild having worked; a failure to publish is exit 8."""
+    """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file
+    and, after a good rebuild, the `practice_sync.publish` destinations (exit 10 if one fails).
+    The first two do not depend on the rebuild having worked; a failure to publish is exit 8."""
     if not database.exists():
         return ExitCode(code) if signal_code is None else ExitCode.OK
     config = duckdb_config()
@@ -302,6 +304,9 @@ def _close(
                     target = serve.serve_path(database)
                     serve.publish(con, target)
                 report.serving = target
+                published = publish.publish_all(con, database, report)
+                if published and code in (ExitCode.OK, ExitCode.DELETIONS_WITHHELD):
+                    code = published  # a failure outranks a withheld deletion, as in _worst
     except (LoadFailed, duckdb.Error) as exc:
         if signal_code is not None:
             return ExitCode.OK
@@ -332,6 +337,7 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
                 target = serve.serve_path(database)
                 serve.publish(con, target)
                 report.serving = target
+                code = publish.publish_all(con, database, report)
     return report, code
 
 

@@ -111,6 +111,8 @@ class RunReport:
     analytics: dict[str, int] = field(default_factory=dict)
     data_issues: int | None = None
     transform_error: str | None = None
+    published: dict[str, str] = field(default_factory=dict)  # destination -> what was sent
+    publish_errors: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # "transforms" -> seconds
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -128,6 +130,7 @@ class RunReport:
                 out.append(src.error)
         if self.transform_error:
             out.append(self.transform_error)
+        out.extend(self.publish_errors)
         return out
 
     def render(self) -> str:
@@ -148,6 +151,9 @@ class RunReport:
             lines.append(f"warehouse: {self.database}")
         if self.serving is not None:
             lines.append(f"serving file (for readers): {self.serving}")
+        for destination, sent in self.published.items():
+            took = self.phases.get(f"publish:{destination}", 0.0)
+            lines.append(f"published to {destination}: {sent} in {took:,.1f} s")
         lines.append(f"time: {self.seconds:,.1f} s")
         return "\n".join(lines)
 
@@ -160,7 +166,8 @@ class RunReport:
             "data_issues": self.data_issues,
             "warehouse": str(self.database) if self.database else None,
             "serving_file": str(self.serving) if self.serving else None,
-            "error": self.transform_error,
+            "published": dict(self.published),
+            "error": self.transform_error or next(iter(self.publish_errors), None),
         }
 
 

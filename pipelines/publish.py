@@ -1,0 +1,610 @@
+"""Publish `analytics` to the dlt destinations in `practice_sync.publish` after every rebuild.
+
+DuckDB stays the transform engine; dlt is the transport. For PostgreSQL a night costs what the
+night changed, and readers see last night's tables or tonight's, never a mix:
+
+1. every `analytics` row gets a key, a hash of its content plus a counter for identical rows
+   (tables need no primary key of their own); the keys last published to a destination live
+   in the warehouse (`publish_state`), so the night's change is two anti-joins in DuckDB;
+2. DuckDB writes only the rows to add and the keys to delete as csv files, and dlt loads them
+   (PostgreSQL's COPY) into a staging schema on the server (`<schema>_publish`);
+3. one transaction on the server (dlt's sql_client) applies them to every table at once: deletes
+   by key, inserts, new or reshaped tables recreated, column comments; PostgreSQL's DDL and DML
+   are transactional, so a reader sees the old night or the new one;
+4. only after the commit does the warehouse's record of what was published advance. A failure
+   anywhere leaves the server at its last complete state, and the next run sends what is due.
+
+The server keeps a version stamp written in that same transaction: when it does not match the
+warehouse's (a new server, a dropped schema, a crash between commit and bookkeeping) every table
+is sent whole. Destinations without transactional DDL get dlt's `replace` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlt
+import duckdb
+from dlt.common.schema.typing import TColumnSchema
+
+from practice_sync import dlt_glue
+from practice_sync.errors import ConfigError, ExitCode
+from practice_sync.failpoints import failpoint
+from practice_sync.report import RunReport, phase
+
+SETTING = "practice_sync.publish (PRACTICE_SYNC__PUBLISH)"
+SCHEMA_SETTING = "practice_sync.publish_schema (PRACTICE_SYNC__PUBLISH_SCHEMA)"
+SOURCE_SCHEMA = "analytics"
+STATE = "publish_state"  # in the warehouse: what each destination was last sent
+ROW_KEY = "_dlt_id"  # the published tables' row identity, named as in every table dlt writes
+TRANSACTIONAL = ("postgres",)  # destinations the one-transaction apply is written (and tested) for
+BATCH_ROWS = 100_000
+TEXT_MARK = "."
+log = logging.getLogger("practice-sync")
+
+# DuckDB type -> PostgreSQL type; any other type is sent as text
+PG_TYPES = {
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "SMALLINT": "smallint",
+    "TINYINT": "smallint",
+    "BOOLEAN": "boolean",
+    "VARCHAR": "text",
+    "JSON": "json",  # kept as written (jsonb would reorder keys)
+    "DATE": "date",
+    "TIME": "time",
+    "TIMESTAMP": "timestamp without time zone",
+    "TIMESTAMP WITH TIME ZONE": "timestamp with time zone",
+    "DOUBLE": "double precision",
+    "FLOAT": "real",
+    "UUID": "uuid",
+    "INTERVAL": "interval",
+    "HUGEINT": "numeric(38,0)",
+    "UBIGINT": "numeric(20,0)",
+    "UINTEGER": "bigint",
+}
+
+
+@dataclass
+class Table:
+    """One `analytics` table as DuckDB describes it."""
+
+    name: str
+    comment: str | None
+    columns: list[tuple[str, str, str | None]] = field(default_factory=list)  # name, type, comment
+
+    @property
+    def signature(self) -> str:
+        """Names and types in order: when this changes the table is recreated and sent whole."""
+        return json.dumps([[name, kind] for name, kind, _ in self.columns])
+
+    @property
+    def staged(self) -> str:
+        """Its staging table: named by its shape, so dlt never has to change a column's type."""
+        digest = hashlib.md5(self.signature.encode()).hexdigest()[:8]
+        return f"{self.name}__rows_{digest}"
+
+
+@dataclass
+class Plan:
+    """What one table sends tonight."""
+
+    destination: str
+    table: Table
+    whole: bool  # recreate it and send every row (new, reshaped, or the server lost track)
+    added: int = 0
+    removed: int = 0
+
+    @property
+    def keys(self) -> str:
+        """The temp table of tonight's row keys (row_key, rid: the DuckDB rowid)."""
+        return f'"_publish_keys_{self.table.name}"'
+
+    @property
+    def published(self) -> str:
+        """The keys this destination last committed for the table."""
+        return (
+            f"select row_key from {STATE}.rows where destination = {_literal(self.destination)} "
+            f"and table_name = {_literal(self.table.name)}"
+        )
+
+    @property
+    def new_keys(self) -> str:
+        return f"select row_key, rid from {self.keys} where row_key not in ({self.published})"
+
+    @property
+    def gone_keys(self) -> str:
+        return (
+            f"select row_key from ({self.published}) "
+            f"where row_key not in (select row_key from {self.keys})"
+        )
+
+
+def destinations() -> list[str]:
+    """The destinations named by `practice_sync.publish`: a list, or a JSON list in the env."""
+    value: object = dlt.config.get("practice_sync.publish")
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip().startswith("[") else [value]
+        except ValueError:
+            value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f'{SETTING} must be a list of dlt destinations such as ["postgres"].')
+    for name in value:
+        check_destination(name)
+    return list(value)
+
+
+def check_destination(name: str) -> None:
+    """A destination dlt does not know is a configuration error, found before anything runs."""
+    from dlt.common.destination import Destination
+
+    try:
+        Destination.from_reference(name)
+    except Exception:
+        raise ConfigError(
+            f"{SETTING} names {name!r}, which is not a dlt destination (postgres, motherduck, "
+            "snowflake, bigquery, ...)."
+        ) from None
+
+
+def target_schema() -> str:
+    """The schema the tables are published into on each destination (`analytics` by default)."""
+    value = str(dlt.config.get("practice_sync.publish_schema") or SOURCE_SCHEMA)
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ConfigError(f"{SCHEMA_SETTING} must be a lowercase SQL name such as analytics.")
+    return value
+
+
+def credentials_setting(name: str) -> str:
+    return f"destination.{name}.credentials (DESTINATION__{name.upper()}__CREDENTIALS)"
+
+
+def publish_all(con: duckdb.DuckDBPyConnection, database: Path, report: RunReport) -> ExitCode:
+    """Publish the rebuilt `analytics` to every configured destination; the first failure's
+    sentence goes to the report and its exit code is returned (the others still publish)."""
+    names = destinations()
+    if not names or report.transform_error:
+        return ExitCode.OK
+    code = ExitCode.OK
+    for name in names:
+        try:
+            with phase(report.phases, f"publish:{name}"):
+                report.published[name] = publish_to(con, name, database)
+        except Exception as exc:
+            sentence = failure_sentence(name, exc)
+            log.debug("publishing to %s failed", name, exc_info=exc)
+            report.publish_errors.append(sentence)
+            code = code or ExitCode.PUBLISH_FAILED
+    return code
+
+
+def failure_sentence(name: str, exc: BaseException) -> str:
+    """One sentence naming the destination's setting; never a password from a URL."""
+    cause = _root(exc)
+    text = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+    text = re.sub(r"://[^@/\s]*@", "://***@", text)
+    if dlt_glue.missing_setting(cause) is not None:
+        text = "it has no credentials"
+    return (
+        f"The analytics tables were rebuilt but could not be published to {name} ({text}); "
+        f"the server keeps its last complete state and the next run catches it up: check "
+        f"{credentials_setting(name)}."
+    )
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost error (dlt wraps the driver's in its own, sometimes twice)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "exception", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str:
+    """Publish to one destination; return what was sent, for the summary."""
+    tables = read_tables(con)
+    schema = target_schema()
+    pipelines_dir = database.parent / ".practice_sync" / database.stem
+    if name not in TRANSACTIONAL:
+        return _replace(con, name, tables, schema, pipelines_dir)
+    staging_schema = f"{schema}_publish"
+    staging = dlt.pipeline(
+        pipeline_name=f"practice_sync_publish_{name}",
+        pipelines_dir=str(pipelines_dir),
+        destination=name,
+        dataset_name=staging_schema,
+    )
+    _ensure_state(con)
+    with staging.sql_client() as client:
+        on_server = _server_version(client, staging_schema)
+        present = _server_tables(client, schema)
+    plans: list[Plan] = []
+    try:
+        whole = on_server is None or on_server != _state_version(con, name)
+        plans = _plan(con, name, tables, whole, present)
+        if any(p.added or p.removed for p in plans):
+            _stage(con, staging, plans, pipelines_dir / "publish_files")
+        version = uuid.uuid4().hex
+        with staging.sql_client() as client, client.begin_transaction():
+            _apply(client, schema, staging_schema, plans, _gone_tables(con, name, tables))
+            _stamp(client, staging_schema, version)
+            failpoint("mid-publish")  # tests: readers still see last night; a kill commits nothing
+        _advance_state(con, name, plans, version)
+    finally:
+        for plan in plans:
+            con.execute(f"drop table if exists {plan.keys}")
+    added = sum(p.added for p in plans)
+    removed = sum(p.removed for p in plans)
+    return f"{schema}: {added:,} rows added, {removed:,} removed"
+
+
+def read_tables(con: duckdb.DuckDBPyConnection) -> list[Table]:
+    """Every `analytics` table, its columns, types and comments, read from DuckDB's catalog."""
+    where = "database_name = current_database() and schema_name = ?"
+    tables = {
+        name: Table(name, comment)
+        for name, comment in con.execute(
+            f"select table_name, comment from duckdb_tables() where {where} order by 1",
+            [SOURCE_SCHEMA],
+        ).fetchall()
+    }
+    for table, column, kind, comment in con.execute(
+        "select table_name, column_name, data_type, comment from duckdb_columns() "
+        f"where {where} order by table_name, column_index",
+        [SOURCE_SCHEMA],
+    ).fetchall():
+        if table in tables:
+            tables[table].columns.append((column, kind, comment))
+    return list(tables.values())
+
+
+def _ensure_state(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"create schema if not exists {STATE}")
+    con.execute(
+        f"create table if not exists {STATE}.destinations (destination varchar primary key, "
+        "version varchar, published_at timestamptz)"
+    )
+    con.execute(
+        f"create table if not exists {STATE}.tables (destination varchar, table_name varchar, "
+        "signature varchar)"
+    )
+    con.execute(
+        f"create table if not exists {STATE}.rows (destination varchar, table_name varchar, "
+        "row_key varchar)"
+    )
+
+
+def _state_version(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    rows = con.execute(
+        f"select version from {STATE}.destinations where destination = ?", [name]
+    ).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def _server_version(client: Any, staging: str) -> str | None:
+    """The version stamp the server's last publish committed, or None (nothing published)."""
+    rows = client.execute_sql(
+        "select 1 from information_schema.tables where table_schema = %s and table_name = %s",
+        staging,
+        "published_version",
+    )
+    if not rows:
+        return None
+    rows = client.execute_sql(f'select version from "{staging}".published_version')
+    return str(rows[0][0]) if rows else None
+
+
+def _server_tables(client: Any, schema: str) -> set[str]:
+    """The tables the target schema holds now (one dropped by hand is sent whole again)."""
+    rows = client.execute_sql(
+        "select table_name from information_schema.tables where table_schema = %s", schema
+    )
+    return {str(row[0]) for row in rows or []}
+
+
+def _row_keys_sql(table: Table) -> str:
+    """Each row's key: DuckDB's 64-bit hash of its content, numbered among identical rows.
+
+    md5 of the row's text would cost 17 s per million rows, the hash 0.6 s; two different rows
+    of one table share a hash with a chance of about n^2 / 2^65 (3 in 100 million at 1,000,000).
+    """
+    digest = "hash(t)::varchar"
+    return (
+        f"select {digest} || ':' || row_number() over (partition by {digest}) as row_key, "
+        f'rowid as rid from {SOURCE_SCHEMA}."{table.name}" t'
+    )
+
+
+def _plan(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    tables: Sequence[Table],
+    whole: bool,
+    present: set[str],
+) -> list[Plan]:
+    """Compare tonight's row keys with those last published; the keys stay in temp tables."""
+    signatures = dict(
+        con.execute(
+            f"select table_name, signature from {STATE}.tables where destination = ?", [name]
+        ).fetchall()
+    )
+    plans = []
+    for table in tables:
+        same = signatures.get(table.name) == table.signature and table.name in present
+        plan = Plan(name, table, whole or not same)
+        con.execute(f"create or replace temp table {plan.keys} as {_row_keys_sql(table)}")
+        if plan.whole:
+            plan.added = _count(con, f"select count(*) from {plan.keys}")
+        else:
+            plan.added = _count(con, f"select count(*) from ({plan.new_keys})")
+            plan.removed = _count(con, f"select count(*) from ({plan.gone_keys})")
+        plans.append(plan)
+    return plans
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    rows = con.execute(sql).fetchall()  # fetchall: DuckDB 2 keeps a result open until drained
+    return int(rows[0][0]) if rows else 0
+
+
+def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan], folder: Path) -> Any:
+    """One dlt resource importing, table by table, csv files DuckDB writes itself: the rows to
+    add (`<table>__rows_<shape>`) and the keys to delete (`<table>__gone`). dlt's own writer
+    would parse every row again in Python (~90 s a million rows); an imported file goes
+    straight to COPY. Every staged column is text: the apply casts to the exact type."""
+    queries: list[tuple[str, str, list[str]]] = []
+    for plan in plans:
+        table = plan.table
+        if plan.added:
+            chosen = plan.keys if plan.whole else f"({plan.new_keys})"
+            columns = ", ".join(_as_sent(column, kind) for column, kind, _ in table.columns)
+            sql = (
+                f'select k.row_key, {columns} from {SOURCE_SCHEMA}."{table.name}" t '
+                f"join {chosen} k on t.rowid = k.rid"
+            )
+            names = ["row_key", *(column for column, _, _ in table.columns)]
+            queries.append((table.staged, sql, names))
+        if plan.removed:
+            queries.append((f"{table.name}__gone", plan.gone_keys, ["row_key"]))
+
+    def files() -> Iterator[Any]:
+        for table_name, sql, names in queries:
+            path = folder / f"{table_name}.csv"
+            con.execute(f"copy ({sql}) to {_literal(str(path))} (header, delimiter ',')")
+            columns: list[TColumnSchema] = [
+                {"name": name, "data_type": "text", "nullable": True} for name in names
+            ]
+            hints = dlt.mark.make_hints(table_name=table_name, columns=columns)
+            yield dlt.mark.with_file_import(str(path), "csv", hints=hints)
+
+    return dlt.resource(files, name="publish", write_disposition="replace")
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection, staging: dlt.Pipeline, plans: Sequence[Plan], folder: Path
+) -> None:
+    """Load the night's rows and deleted keys into the staging schema with dlt."""
+    staging.abort_packages()  # a failed night's files: tonight's plan replaces them
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        staging.run(_resources(con, plans, folder), loader_file_format="csv")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_text(kind: str) -> bool:
+    """Columns that travel as text: VARCHAR, and types PostgreSQL has no match for."""
+    return kind in ("VARCHAR", "JSON") or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
+
+
+def _as_sent(column: str, kind: str, marked: bool = True) -> str:
+    """The column as sent. dlt's COPY reads an empty csv field as NULL (`FORCE_NULL`), so text
+    travels behind a one-character prefix that the server strips: '' stays '', NULL stays NULL."""
+    if _as_text(kind):
+        mark = f"'{TEXT_MARK}' || " if marked else ""
+        return f'{mark}t."{column}"::varchar as "{column}"'
+    return f't."{column}"'
+
+
+def _as_stored(column: str, kind: str) -> str:
+    """The staged column as the published table stores it."""
+    if _as_text(kind):
+        return f'substr("{column}", 2)::{pg_type(kind)}'
+    return f'"{column}"::{pg_type(kind)}'
+
+
+def _resource(
+    con: duckdb.DuckDBPyConnection, queries: Sequence[tuple[str, str, Table | None]], name: str
+) -> Any:
+    def batches() -> Iterator[Any]:
+        for table_name, sql, table in queries:
+            hints = dlt.mark.make_hints(table_name=table_name, columns=_hints(table))
+            reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+            empty = True
+            for batch in reader:
+                empty = False
+                yield dlt.mark.with_hints(batch, hints)
+            if empty:  # an empty table still exists, and `replace` must empty it
+                yield dlt.mark.with_hints(reader.schema.empty_table(), hints)
+
+    return dlt.resource(batches, name=name, write_disposition="replace")
+
+
+def _hints(table: Table | None) -> list[TColumnSchema]:
+    """dlt reads a naive Arrow timestamp as an instant (`timestamptz`); say it is wall-clock."""
+    columns = table.columns if table is not None else []
+    return [
+        {"name": column, "data_type": "timestamp", "timezone": False}
+        for column, kind, _ in columns
+        if kind == "TIMESTAMP"
+    ]
+
+
+def pg_type(kind: str) -> str:
+    """The PostgreSQL type a DuckDB column is published as."""
+    if kind.startswith("DECIMAL"):
+        return kind.replace("DECIMAL", "numeric")
+    return PG_TYPES.get(kind, "text")
+
+
+def _apply(
+    client: Any, schema: str, staging: str, plans: Sequence[Plan], gone: Sequence[str]
+) -> None:
+    """Every change of the night, inside the caller's transaction."""
+    client.execute_sql(f'create schema if not exists "{schema}"')
+    for table_name in gone:
+        client.execute_sql(f'drop table if exists "{schema}"."{table_name}"')
+    for plan in plans:
+        _apply_table(client, schema, staging, plan)
+        _comment(client, schema, plan.table)
+
+
+def _apply_table(client: Any, schema: str, staging: str, plan: Plan) -> None:
+    table = plan.table
+    target = f'"{schema}"."{table.name}"'
+    if plan.whole:
+        columns = ", ".join(f'"{c}" {pg_type(k)}' for c, k, _ in table.columns)
+        client.execute_sql(f"drop table if exists {target}")
+        client.execute_sql(f'create table {target} ({columns}, "{ROW_KEY}" text not null)')
+    if plan.removed:
+        client.execute_sql(
+            f'delete from {target} where "{ROW_KEY}" in '
+            f'(select row_key from "{staging}"."{table.name}__gone")'
+        )
+    if plan.added:
+        names = ", ".join(f'"{c}"' for c, _, _ in table.columns)
+        values = ", ".join(_as_stored(c, k) for c, k, _ in table.columns)
+        conflict = "" if plan.whole else f' on conflict ("{ROW_KEY}") do nothing'
+        client.execute_sql(
+            f'insert into {target} ({names}, "{ROW_KEY}") select {values}, row_key '
+            f'from "{staging}"."{table.staged}"{conflict}'
+        )
+    if plan.whole:
+        client.execute_sql(f'alter table {target} add primary key ("{ROW_KEY}")')
+    # applied: the staged copy need not take the server's disk until the next night
+    for staged, needed in ((table.staged, plan.added), (f"{table.name}__gone", plan.removed)):
+        if needed:
+            client.execute_sql(f'truncate "{staging}"."{staged}"')
+
+
+def _comment(client: Any, schema: str, table: Table) -> None:
+    """The table's and columns' comments, so BI tools show the contract on the server too."""
+    target = f'"{schema}"."{table.name}"'
+    client.execute_sql(f"comment on table {target} is {_literal(table.comment)}")
+    for column, _, comment in table.columns:
+        client.execute_sql(f'comment on column {target}."{column}" is {_literal(comment)}')
+    client.execute_sql(
+        f'comment on column {target}."{ROW_KEY}" is '
+        "'The row''s identity for publishing: a hash of its content and a counter for identical rows.'"
+    )
+
+
+def _literal(text: str | None) -> str:
+    """A SQL string literal, or NULL (COMMENT ON takes no parameters)."""
+    return "null" if text is None else "'" + text.replace("'", "''") + "'"
+
+
+def _stamp(client: Any, staging: str, version: str) -> None:
+    client.execute_sql(f'create schema if not exists "{staging}"')
+    client.execute_sql(
+        f'create table if not exists "{staging}".published_version '
+        "(version text not null, published_at timestamptz not null)"
+    )
+    client.execute_sql(f'delete from "{staging}".published_version')
+    client.execute_sql(f'insert into "{staging}".published_version values (%s, now())', version)
+
+
+def _gone_tables(con: duckdb.DuckDBPyConnection, name: str, tables: Sequence[Table]) -> list[str]:
+    """Tables published before that `analytics` no longer has (never a table we did not make)."""
+    current = [t.name for t in tables]
+    rows = con.execute(
+        f"select table_name from {STATE}.tables where destination = ? "
+        "and not list_contains(?, table_name)",
+        [name, current],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _advance_state(
+    con: duckdb.DuckDBPyConnection, name: str, plans: Sequence[Plan], version: str
+) -> None:
+    """Record what the server now holds, only after its transaction committed."""
+    con.execute("begin")
+    try:
+        con.execute(f"delete from {STATE}.tables where destination = ?", [name])
+        for plan in plans:
+            _advance_table(con, plan)
+        current = [plan.table.name for plan in plans]
+        con.execute(
+            f"delete from {STATE}.rows where destination = ? and not list_contains(?, table_name)",
+            [name, current],
+        )
+        con.execute(
+            f"insert or replace into {STATE}.destinations values (?, ?, now())", [name, version]
+        )
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+
+
+def _advance_table(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    ids = [plan.destination, plan.table.name]
+    con.execute(f"insert into {STATE}.tables values (?, ?, ?)", [*ids, plan.table.signature])
+    where = "destination = ? and table_name = ?"
+    if plan.whole:
+        con.execute(f"delete from {STATE}.rows where {where}", ids)
+        con.execute(f"insert into {STATE}.rows select ?, ?, row_key from {plan.keys}", ids)
+        return
+    if plan.removed:  # both read the old keys: insert first, then delete the gone ones
+        gone = f"select row_key from ({plan.gone_keys})"
+        con.execute(f"create or replace temp table _publish_gone as {gone}")
+    if plan.added:
+        con.execute(f"insert into {STATE}.rows select ?, ?, row_key from ({plan.new_keys})", ids)
+    if plan.removed:
+        con.execute(
+            f"delete from {STATE}.rows where {where} and row_key in (from _publish_gone)", ids
+        )
+        con.execute("drop table _publish_gone")
+
+
+def _replace(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    tables: Sequence[Table],
+    schema: str,
+    pipelines_dir: Path,
+) -> str:
+    """Destinations without transactional DDL: dlt's `replace` of every table (each table is
+    swapped whole; not tested here)."""
+    pipeline = dlt.pipeline(
+        pipeline_name=f"practice_sync_publish_{name}",
+        pipelines_dir=str(pipelines_dir),
+        destination=name,
+        dataset_name=schema,
+    )
+    queries = []
+    for table in tables:
+        columns = ", ".join(_as_sent(c, k, marked=False) for c, k, _ in table.columns)
+        sql = f'select {columns} from {SOURCE_SCHEMA}."{table.name}" t'
+        queries.append((table.name, sql, table))
+    pipeline.run(_resource(con, queries, "analytics"))
+    rows = sum(_count(con, f'select count(*) from {SOURCE_SCHEMA}."{t.name}"') for t in tables)
+    return f"{schema}: {rows:,} rows replaced"

@@ -1,0 +1,321 @@
+"""Publishing `analytics` to a real PostgreSQL server (see tests/pg.py for which server and how
+to point at another one): equal to DuckDB row by row and type by type after a first load and a
+night of changes, a night sends only its changes, and a failed publish changes nothing on the
+server, exits 10 with one sentence, and is caught up by the next run."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import Env, make_env, messages, summary_lines, wait_until_paused
+from pg import (
+    assert_same,
+    duckdb_analytics,
+    fresh_database,
+    pg_analytics,
+    pg_query,
+    with_port,
+    with_user,
+)
+
+from practice_sync import publish
+from practice_sync.report import RunReport
+from practice_sync.simulator import Simulator
+
+SETTING = "DESTINATION__POSTGRES__CREDENTIALS"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+def publishing(env: Env, url: str) -> Env:
+    env.vars["PRACTICE_SYNC__PUBLISH"] = '["postgres"]'
+    env.vars[SETTING] = url
+    return env
+
+
+def published(stdout: str) -> str:
+    """The summary's publishing line without its seconds: `analytics: 5 rows added, 1 removed`."""
+    line = next(m for m in summary_lines(stdout) if m.startswith("published to postgres: "))
+    assert re.fullmatch(r".* in [0-9,]+\.\d s", line), line
+    return line.removeprefix("published to postgres: ").rsplit(" in ", 1)[0]
+
+
+def test_published_schema_equals_duckdb_after_a_first_load_and_a_night(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path), pg_url)
+    first = env.run("run")
+    assert first.code == 0, first.stderr
+    duck = duckdb_analytics(str(env.database))
+    assert_same(duck, pg_analytics(pg_url))
+    total = sum(sum(rows.values()) for _, rows in duck.values())
+    assert published(first.stdout) == f"analytics: {total:,} rows added, 0 removed"
+    # the cases that break a naive copy arrived as they are in DuckDB
+    flagged = pg_query(
+        pg_url,
+        "select count(*) from analytics.sessions where is_start_in_dst_gap "
+        "or is_start_in_dst_overlap or is_end_in_dst_gap or is_end_in_dst_overlap",
+    )[0][0]
+    assert flagged > 0
+    assert (
+        pg_query(pg_url, "select count(*) from analytics.packages where price is not null")[0][0]
+        > 0
+    )
+
+    night = sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=3)
+    second = env.run("run")
+    assert second.code == 0, second.stderr
+    after = duckdb_analytics(str(env.database))
+    assert_same(after, pg_analytics(pg_url))
+    ids = {row[0] for row in pg_query(pg_url, "select session_id from analytics.sessions")}
+    assert ids.isdisjoint(int(i) for i in night["deleted"])
+    assert {int(i) for i in night["added"]} <= ids
+    # only the night's changes travelled: exactly the rows that differ, far fewer than all
+    added = sum(sum((after[t][1] - duck[t][1]).values()) for t in after)
+    removed = sum(sum((duck[t][1] - after[t][1]).values()) for t in duck)
+    assert published(second.stdout) == f"analytics: {added:,} rows added, {removed:,} removed"
+    assert 0 < added < total / 4 and removed > 0
+
+    # `transform` publishes too; with nothing changed it sends nothing
+    again = env.run("transform")
+    assert again.code == 0, again.stderr
+    assert published(again.stdout) == "analytics: 0 rows added, 0 removed"
+    assert_same(after, pg_analytics(pg_url))
+
+
+@pytest.mark.parametrize("problem", ["server down", "refused login"])
+def test_a_failed_publish_keeps_the_server_and_the_next_run_catches_up(
+    sim: Simulator, tmp_path: Path, pg_url: str, problem: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
+    assert env.run("run").code == 0
+    before = pg_analytics(pg_url)
+    sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=5)
+    if problem == "server down":  # nothing listens on port 9 (discard) of the loopback
+        env.vars[SETTING] = with_port(pg_url, 9)
+    else:  # trust auth takes any password, but not a role that does not exist
+        env.vars[SETTING] = with_user(pg_url, "no_such_role", "s3cret-password")
+    failed = env.run("run")
+    assert failed.code == 10, failed.stderr
+    errors = [m for m in messages(failed.stderr) if "could not be published to postgres" in m]
+    assert errors, failed.stderr
+    assert errors[-1].endswith(
+        "the server keeps its last complete state and the next run catches it up: check "
+        "destination.postgres.credentials (DESTINATION__POSTGRES__CREDENTIALS)."
+    )
+    assert "s3cret-password" not in failed.stderr + failed.stdout
+    # the warehouse moved on, the server did not
+    tonight = duckdb_analytics(str(env.database))
+    assert tonight["sessions"] != before["sessions"]
+    assert pg_analytics(pg_url) == before
+    env.vars[SETTING] = pg_url
+    caught_up = env.run("run")
+    assert caught_up.code == 0, caught_up.stderr
+    assert_same(duckdb_analytics(str(env.database)), pg_analytics(pg_url))
+
+
+def test_readers_see_last_night_until_the_publish_commits_and_a_kill_commits_nothing(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
+    assert env.run("run").code == 0
+    before = pg_analytics(pg_url)
+    sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=9)
+    paused = tmp_path / "paused"
+    env.vars.update(PRACTICE_SYNC_PAUSEPOINT="mid-publish", PRACTICE_SYNC_PAUSEFILE=str(paused))
+    process = env.start("run")
+    wait_until_paused(process, paused)
+    # every change of the night is applied but not committed: a reader sees all of last night
+    assert pg_analytics(pg_url) == before
+    process.kill()
+    process.wait(timeout=30)
+    assert pg_analytics(pg_url) == before
+    del env.vars["PRACTICE_SYNC_PAUSEPOINT"]
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    assert_same(duckdb_analytics(str(env.database)), pg_analytics(pg_url))
+
+
+def test_publish_schema_setting_renames_the_target_schema(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
+    env.vars["PRACTICE_SYNC__PUBLISH_SCHEMA"] = "reporting"
+    assert env.run("run").code == 0
+    assert_same(duckdb_analytics(str(env.database)), pg_analytics(pg_url, "reporting"))
+    assert pg_query(
+        pg_url, "select count(*) from information_schema.schemata where schema_name = 'analytics'"
+    ) == [(0,)]
+
+
+def test_unknown_destination_is_a_configuration_error(sim: Simulator, tmp_path: Path) -> None:
+    env = make_env(sim, tmp_path, timetap=False)
+    env.vars["PRACTICE_SYNC__PUBLISH"] = '["postgress"]'
+    result = env.run("run")
+    assert result.code == 2
+    assert "'postgress' is not a dlt destination" in result.stderr
+
+
+# --- the publishing step on its own, on a small hand-made warehouse ---------------------------
+
+
+@contextlib.contextmanager
+def warehouse(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    with contextlib.closing(duckdb.connect(str(path))) as con:
+        yield con
+
+
+def _publish(con: duckdb.DuckDBPyConnection, path: Path, url: str, monkeypatch) -> RunReport:
+    monkeypatch.setenv("PRACTICE_SYNC__PUBLISH", '["postgres"]')
+    monkeypatch.setenv(SETTING, url)
+    report = RunReport(database=path)
+    code = publish.publish_all(con, path, report)
+    assert code == 0, report.publish_errors
+    return report
+
+
+def _seed(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("set TimeZone = 'America/New_York'")
+    con.execute("create schema analytics")
+    con.execute(
+        "create table analytics.visits as select range as visit_id, "
+        "(range % 3)::varchar as kind, (12.5 * range)::decimal(18,2) as price, "
+        "timestamptz '2024-03-10 06:30:00+00' + to_hours(range) as at_utc, "
+        "timestamp '2024-03-10 02:30:00' as local_at, date '2024-03-10' as day "
+        "from range(50)"
+    )
+    con.execute("insert into analytics.visits select * from analytics.visits limit 2")  # twins
+    con.execute("create table analytics.notes (note varchar)")
+    con.execute("comment on table analytics.visits is 'One row per visit.'")
+    con.execute("comment on column analytics.visits.price is 'What the client paid, it''s USD.'")
+
+
+def test_comments_twins_and_schema_changes_between_nights(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        _publish(con, path, pg_url, monkeypatch)
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+    assert pg_query(
+        pg_url,
+        "select obj_description('analytics.visits'::regclass), "
+        "col_description('analytics.visits'::regclass, 3)",
+    ) == [("One row per visit.", "What the client paid, it's USD.")]
+    with warehouse(path) as con:  # the next night: a column added, one removed, a table gone
+        con.execute("delete from analytics.visits where visit_id in (0, 7)")  # a twin, a single
+        con.execute("alter table analytics.visits add column account varchar default 'default'")
+        con.execute("alter table analytics.visits drop column day")
+        con.execute("drop table analytics.notes")
+        con.execute("create table analytics.clients as select 1::bigint as client_id")
+        report = _publish(con, path, pg_url, monkeypatch)
+    assert report.published["postgres"] == "analytics: 50 rows added, 0 removed"
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+    with warehouse(path) as con:  # and one with rows changed in place only
+        con.execute("update analytics.visits set kind = 'x' where visit_id < 5")
+        report = _publish(con, path, pg_url, monkeypatch)
+    assert report.published["postgres"] == "analytics: 5 rows added, 5 removed"
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+
+
+def test_a_failure_inside_the_server_transaction_changes_nothing(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        _publish(con, path, pg_url, monkeypatch)
+        before = pg_analytics(pg_url)
+        con.execute("delete from analytics.visits where visit_id < 10")
+        con.execute("drop table analytics.notes")
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("the server went away mid-transaction")
+
+        monkeypatch.setattr(publish, "_stamp", broken)
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+        assert "the server went away mid-transaction" in report.publish_errors[0]
+        assert pg_analytics(pg_url) == before  # the deletes and the drop were rolled back
+        monkeypatch.undo()
+        report = _publish(con, path, pg_url, monkeypatch)
+        assert report.published["postgres"] == "analytics: 0 rows added, 12 removed"
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+
+
+def test_a_server_that_lost_track_is_sent_everything(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the server's commit and the warehouse's bookkeeping, a dropped schema or
+    a new server: the version stamps differ, so every table is sent whole."""
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        _publish(con, path, pg_url, monkeypatch)
+        pg_query_exec(pg_url, "drop schema analytics cascade")
+        report = _publish(con, path, pg_url, monkeypatch)
+        assert report.published["postgres"] == "analytics: 52 rows added, 0 removed"
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+
+
+def pg_query_exec(url: str, sql: str) -> None:
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(url)) as con, con.cursor() as cur:
+        cur.execute(sql)
+        con.commit()
+
+
+def test_destinations_without_transactions_get_dlts_replace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MotherDuck, Snowflake or BigQuery take the same settings path but get dlt's `replace`;
+    here dlt's own duckdb destination (a second file) stands in for them."""
+    path = tmp_path / "w.duckdb"
+    other = tmp_path / "elsewhere.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(other))
+        sent = publish.publish_to(con, "duckdb", path)
+        assert sent == "analytics: 52 rows replaced"
+        con.execute("delete from analytics.visits where visit_id < 10")
+        assert publish.publish_to(con, "duckdb", path) == "analytics: 40 rows replaced"
+    duck = duckdb_analytics(str(path))
+    with contextlib.closing(duckdb.connect(str(other), read_only=True)) as con:
+        for table, (columns, rows) in duck.items():
+            names = ", ".join(f'"{name}"' for name, _ in columns)
+            there = con.execute(f"select {names} from analytics.{table}").fetchall()
+            assert sorted(there, key=repr) == sorted(rows.elements(), key=repr), table
+            types = con.execute(
+                "select column_name, data_type from duckdb_columns() where schema_name = "
+                "'analytics' and table_name = ? and column_name not like '\\_dlt%' escape '\\' "
+                "order by column_index",
+                [table],
+            ).fetchall()
+            assert types == columns, table
+
+
+def test_a_destination_without_credentials_says_which_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.duckdb"
+    monkeypatch.setenv("PRACTICE_SYNC__PUBLISH", '["postgres"]')
+    with warehouse(path) as con:
+        _seed(con)
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+    assert report.publish_errors == [
+        "The analytics tables were rebuilt but could not be published to postgres (it has no "
+        "credentials); the server keeps its last complete state and the next run catches it up: "
+        "check destination.postgres.credentials (DESTINATION__POSTGRES__CREDENTIALS)."
+    ]
