@@ -23,6 +23,7 @@ from practice_sync.contract import DataTest, Table
 from practice_sync.errors import TransformFailed
 
 _KEPT = "so the previous analytics tables were kept"
+ACCOUNT = "account"  # the column naming a row's account; its own column in data_issues too
 
 
 def _rows(count: int) -> str:
@@ -111,8 +112,14 @@ def _key_failures(con: duckdb.DuckDBPyConnection, table: Table) -> int:
     return int(duplicates) + int(nulls)
 
 
-def failing_rows(test: DataTest, built: Sequence[str]) -> str | None:
-    """SQL condition on the table (alias t) for the rows a test fails, None when it cannot run."""
+def failing_rows(
+    test: DataTest, built: Sequence[str], contract: Mapping[str, Table], table: str
+) -> str | None:
+    """SQL condition on `table` (alias t) for the rows a test fails, None when it cannot run.
+
+    A relationships test looks the value up within the row's own account wherever both tables
+    carry `account`: ids are unique within an account only, so another account's row is no match.
+    """
     column = f"t.{_ident(test.column)}"
     if test.kind == "not_null":
         return f"{column} is null"
@@ -124,10 +131,17 @@ def failing_rows(test: DataTest, built: Sequence[str]) -> str | None:
         return None  # the other table was not built this time (its source is not configured)
     missing = " and ".join(
         f"not exists (select 1 from analytics.{_ident(name)} r "
-        f"where r.{_ident(test.field)} = {column})"
+        f"where r.{_ident(test.field)} = {column}{_same_account(contract, table, name)})"
         for name in targets
     )
     return f"{column} is not null and {missing}"
+
+
+def _same_account(contract: Mapping[str, Table], table: str, other: str) -> str:
+    """The relationships join's account condition, or '' unless both tables carry `account`."""
+    if all(t in contract and contract[t].column(ACCOUNT) for t in (table, other)):
+        return f" and r.{_ident(ACCOUNT)} = t.{_ident(ACCOUNT)}"
+    return ""
 
 
 def problem(test: DataTest) -> str:
@@ -141,16 +155,20 @@ def problem(test: DataTest) -> str:
 
 
 def _report(con: duckdb.DuckDBPyConnection, table: Table, test: DataTest, where: str) -> None:
+    """One data_issues row per failing record: record_id is the key without `account`, which
+    has its own column there (NULL for a table without one)."""
+    ids = [c for c in table.key if c != ACCOUNT]
     record = (
-        "concat_ws(':', " + ", ".join(f"cast(t.{_ident(c)} as varchar)" for c in table.key) + ")"
-        if table.key
+        "concat_ws(':', " + ", ".join(f"cast(t.{_ident(c)} as varchar)" for c in ids) + ")"
+        if ids
         else "''"
     )
+    account = f"t.{_ident(ACCOUNT)}" if table.column(ACCOUNT) else "cast(null as varchar)"
     con.execute(
         "insert into analytics.data_issues "
         f"select {literal(table.source)}, {literal(table.entity)}, {record}, "
         f"{literal(test.column)}, cast(t.{_ident(test.column)} as varchar), "
-        f"{literal(problem(test))}, t.account from analytics.{_ident(table.name)} t where {where}"
+        f"{literal(problem(test))}, {account} from analytics.{_ident(table.name)} t where {where}"
     )
 
 
@@ -167,7 +185,7 @@ def run_data_tests(
                 f"{_rows(failed)} (duplicate{nulls} keys), {_KEPT}."
             )
         for test in table.tests:
-            where = failing_rows(test, built)
+            where = failing_rows(test, built, contract, table.name)
             if not test.fatal or where is None:
                 continue
             failed = con.execute(
@@ -180,7 +198,7 @@ def run_data_tests(
                 )
     for table in tables:
         for test in table.tests:
-            where = failing_rows(test, built)
+            where = failing_rows(test, built, contract, table.name)
             if not test.fatal and where is not None:
                 _report(con, table, test, where)
 

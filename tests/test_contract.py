@@ -148,7 +148,7 @@ def test_a_malformed_file_stops_the_rebuild_before_anything_changes(con, tmp_pat
     run_transforms(con)
     before = snapshot(con)
     folder = copy_transforms(tmp_path)
-    edit(folder / "marts" / "sessions.yml", "key: [session_id]", "key: session_id: x")
+    edit(folder / "marts" / "sessions.yml", "key: [account, session_id]", "key: account: x")
     with pytest.raises(ContractError, match=r"sessions.yml line \d+: not valid YAML"):
         run_transforms(con, folder)
     assert snapshot(con) == before
@@ -160,9 +160,9 @@ def test_a_malformed_file_stops_the_rebuild_before_anything_changes(con, tmp_pat
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("        valid_from\n    from packages_sold", "        valid_from,\n        1 as extra\n    from packages_sold",
+        ("        account\n    from packages_sold", "        account,\n        1 as extra\n    from packages_sold",
          "the build has a column extra (INTEGER) that the contract does not list"),
-        ("        modified_by,\n        valid_from\n    from packages_sold", "        modified_by\n    from packages_sold",
+        ("        modified_by,\n        valid_from,\n        account\n    from packages_sold", "        modified_by,\n        account\n    from packages_sold",
          "the contract lists a column valid_from that the build does not have"),
         ("        price,\n        max_quantity", "        price::double as price,\n        max_quantity",
          "column price is DOUBLE in the build but DECIMAL(18,2) in the contract"),
@@ -221,8 +221,8 @@ def test_a_duplicated_key_is_fatal_and_keeps_yesterday(con) -> None:
     with pytest.raises(TransformFailed) as failure:
         run_transforms(con)
     assert str(failure.value) == (
-        "analytics.package_sold_history failed its key test on package_sold_id, version_number "
-        "in 2 rows (duplicate keys), so the previous analytics tables were kept."
+        "analytics.package_sold_history failed its key test on account, package_sold_id, "
+        "version_number in 2 rows (duplicate keys), so the previous analytics tables were kept."
     )
     assert snapshot(con) == before
 
@@ -230,7 +230,9 @@ def test_a_duplicated_key_is_fatal_and_keeps_yesterday(con) -> None:
 def test_a_null_key_is_fatal_unless_the_contract_says_it_is_reported(con, tmp_path: Path) -> None:
     sessions(con, {"id": "11a5"})  # unreadable id: NULL session_id, a data issue, allowed
     run_transforms(con)
-    assert issues(con) == [("bizstim", "session", "11a5", "id", "11a5", "not an integer")]
+    assert issues(con) == [
+        ("bizstim", "session", "11a5", "id", "11a5", "not an integer", "default")
+    ]
     folder = copy_transforms(tmp_path)
     for name in ("sessions", "session_history", "session_cancellations"):
         path = folder / "marts" / f"{name}.yml"
@@ -282,7 +284,7 @@ def test_a_warn_test_is_reported_not_fatal(con, tmp_path: Path) -> None:
     counts = run_transforms(con, folder)
     assert issues(con) == [
         ("timetap", "package_sold", "7001", "status", "open",
-         "accepted_values test: not one of OPEN, CLOSED"),
+         "accepted_values test: not one of OPEN, CLOSED", "default"),
     ]  # fmt: skip
     assert counts["data_issues"] == 1
 
@@ -293,7 +295,7 @@ def test_a_package_sold_of_an_unknown_package_is_reported(con) -> None:
     counts = run_transforms(con)
     assert issues(con) == [
         ("timetap", "package_sold", "7001", "package_id", "999",
-         "relationships test: not found in analytics.package_history.package_id"),
+         "relationships test: not found in analytics.package_history.package_id", "default"),
     ]  # fmt: skip
     assert counts["packages_sold"] == 1 and counts["data_issues"] == 1
 
@@ -309,7 +311,38 @@ def test_a_cancellation_of_an_unknown_session_is_reported(con, tmp_path: Path) -
     run_transforms(con, folder)
     assert issues(con) == [
         ("bizstim", "session", "1001:1", "session_id", "1001",
-         "relationships test: not found in analytics.sessions.session_id"),
+         "relationships test: not found in analytics.sessions.session_id", "default"),
+    ]  # fmt: skip
+
+
+def another_account(con: duckdb.DuckDBPyConnection, source_table: str, account: str) -> None:
+    """Move the raw rows of `source_table` (e.g. bizstim.sessions) into account `account`'s
+    dataset, as dlt would have loaded them there (the dataset has `_dlt_loads`)."""
+    source, table = source_table.split(".")
+    dataset = f"{source}_{account}"
+    con.execute(f"create schema {dataset}")
+    con.execute(f"create table {dataset}._dlt_loads (load_id varchar)")
+    con.execute(f"create table {dataset}.{table} as select * from {source_table}")
+    con.execute(f"delete from {source_table}")
+
+
+def test_a_relationship_is_looked_up_within_the_rows_own_account(con, tmp_path: Path) -> None:
+    sessions(con, {"id": "1001"})
+    another_account(con, "bizstim.sessions", "uptown")  # session 1001 is uptown's
+    sessions(con, {"id": "1", "cancel_clients": "76|2328|0"})  # default's, pointing to 1001
+    folder = copy_transforms(tmp_path)
+    edit(
+        folder / "marts" / "session_cancellations.sql",
+        "        session_id,\n",
+        "        session_id + 1000 as session_id,\n",
+    )
+    run_transforms(con, folder)
+    assert con.execute(
+        "select account, session_id from analytics.sessions order by all"
+    ).fetchall() == [("default", 1), ("uptown", 1001)]
+    assert issues(con) == [
+        ("bizstim", "session", "1001:1", "session_id", "1001",
+         "relationships test: not found in analytics.sessions.session_id", "default"),
     ]  # fmt: skip
 
 

@@ -139,8 +139,8 @@ def test_a_fatal_data_test_keeps_yesterdays_analytics_and_exits_7(sim: Simulator
     result = env.run("transform")
     assert result.code == 7, result.stderr
     assert (
-        "analytics.session_history failed its key test on session_id, version_number in 2 rows "
-        "(duplicate keys), so "
+        "analytics.session_history failed its key test on account, session_id, version_number "
+        "in 2 rows (duplicate keys), so "
         "the previous analytics tables were kept." in result.stderr
     )
     assert env.query("select * from analytics.sessions order by session_id") == before
