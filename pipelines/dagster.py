@@ -21,8 +21,8 @@ from collections.abc import Iterator, Set
 from typing import Any
 
 import dagster as dg
-import dlt
 
+from practice_sync import accounts as account_names
 from practice_sync import config_check, history
 from practice_sync.errors import ExitCode, PracticeSyncError
 from practice_sync.pipeline import SOURCES, Job, database_from_config, run, transform
@@ -31,14 +31,13 @@ from practice_sync.report import RunReport, SourceReport
 GROUP = "practice_sync"
 POOL = "practice_sync_warehouse"  # one writer: `dagster instance concurrency set` it to 1
 ANALYTICS = dg.AssetKey(["analytics"])
-DEFAULT_ACCOUNT = "default"
+DEFAULT_ACCOUNT = account_names.DEFAULT
 NIGHTLY_CRON = "30 2 * * *"
 
 
 def accounts(source: str) -> list[str]:
-    """The accounts the pipeline loads for `source`, from the same setting it reads."""
-    listed = dlt.config.get(f"sources.{source}.accounts", list)
-    return [str(name) for name in listed] if listed else [DEFAULT_ACCOUNT]
+    """The accounts the pipeline loads for `source`, read and checked as the pipeline reads them."""
+    return account_names.names(source)
 
 
 def source_key(source: str, account: str = DEFAULT_ACCOUNT) -> dg.AssetKey:
@@ -48,7 +47,7 @@ def source_key(source: str, account: str = DEFAULT_ACCOUNT) -> dg.AssetKey:
 
 def report_key(source: SourceReport) -> dg.AssetKey:
     """The asset a source's report is about (its name is `bizstim`, or `bizstim.<account>`)."""
-    return source_key(source.name.split(".")[0], getattr(source, "account", DEFAULT_ACCOUNT))
+    return source_key(source.name.split(".")[0], source.account)
 
 
 def asset_specs() -> list[dg.AssetSpec]:
@@ -87,7 +86,7 @@ class RunSettings(dg.Config):
 
 
 def build_assets() -> dg.AssetsDefinition:
-    """The multi-asset; a subset selection runs only the chosen sources (`--source`)."""
+    """The multi-asset; a subset selection runs only the chosen sources (`--source`) and accounts."""
 
     @dg.multi_asset(specs=asset_specs(), name="practice_sync_run", can_subset=True, pool=POOL)
     def practice_sync_run(
@@ -103,20 +102,29 @@ def build_assets() -> dg.AssetsDefinition:
 
 
 def run_job(selected: Set[dg.AssetKey], settings: RunSettings) -> tuple[RunReport, int]:
-    """`practice-sync run` for the selected sources (or `transform` for analytics alone)."""
+    """`practice-sync run` for the selected sources and accounts (`transform` for analytics
+    alone): selecting `bizstim/uptown` alone loads that account alone (`Job.accounts`)."""
     try:
         config_check.check()
         database = database_from_config()
-        chosen = sorted({key.path[0] for key in selected if key != ANALYTICS})
+        chosen: dict[str, set[str]] = {}
+        for key in selected - {ANALYTICS}:
+            chosen.setdefault(key.path[0], set()).add(key.path[1])
         if not chosen:
             return transform(database)
         job = Job(
             database=database,
             # all of them: every source with credentials, the others skipped, as a plain `run`
-            sources=None if chosen == sorted(SOURCES) else chosen,
+            sources=None if sorted(chosen) == sorted(SOURCES) else sorted(chosen),
             allow_deletions=settings.allow_deletions,
             full_refresh=settings.full_refresh,
             wait_for_lock=settings.wait_for_lock_seconds,
+            accounts={
+                source: sorted(names)
+                for source, names in chosen.items()
+                if names != set(accounts(source))
+            }
+            or None,
         )
         return run(job)
     except PracticeSyncError as exc:  # nothing ran: the CLI's sentence and exit code

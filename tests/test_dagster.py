@@ -21,6 +21,7 @@ from practice_sync.dagster import (
     ANALYTICS,
     RunSettings,
     asset_specs,
+    build_assets,
     practice_sync_assets,
     source_key,
 )
@@ -40,11 +41,12 @@ def use(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
 def materialize(
     selection: list[dg.AssetKey] | None = None,
     instance: dg.DagsterInstance | None = None,
+    assets: dg.AssetsDefinition | None = None,
     **settings: object,
 ) -> dg.ExecuteInProcessResult:
     config = dg.RunConfig({"practice_sync_run": RunSettings(**settings)})
     return dg.materialize(
-        [practice_sync_assets],
+        [assets or practice_sync_assets],
         selection=selection,
         run_config=config,
         instance=instance or dg.DagsterInstance.ephemeral(),
@@ -243,6 +245,38 @@ def test_accounts_come_from_the_setting_the_pipeline_reads(
         "analytics",
     ]
     assert {dep.asset_key for dep in specs[-1].deps} == {spec.key for spec in specs[:-1]}
+
+
+def test_selecting_one_accounts_asset_loads_that_account_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Simulator(seed=7, sessions=10, clients=5, packages=3, edge_cases=False) as sim:
+        for name, seed, zone in (
+            ("downtown", 21, "America/New_York"),
+            ("uptown", 22, "Europe/Berlin"),
+        ):
+            sim.add_account(
+                name, seed=seed, sessions=30 + seed, clients=5, packages=3, timezone=zone
+            )
+        env = make_env(sim, tmp_path, bizstim=False)
+        env.vars["SOURCES__BIZSTIM__ACCOUNTS"] = '["downtown", "uptown"]'
+        env.vars["SOURCES__BIZSTIM__BASE_URL"] = sim.bizstim_url
+        for name, account in sim.accounts.items():
+            env.vars[f"SOURCES__BIZSTIM__{name.upper()}__API_KEY"] = account.bizstim_api_key
+        use(env, monkeypatch)
+        uptown = dg.AssetKey(["bizstim", "uptown"])
+        result = materialize([uptown], assets=build_assets())  # the accounts as now configured
+        assert result.success
+        assert set(materialized(result)) == {uptown}
+        up = sorted(int(row["id"]) for row in sim.accounts["uptown"].bizstim.rows())
+        assert env.query("select account, session_id from analytics.sessions order by 2") == [
+            ("uptown", session_id) for session_id in up
+        ]
+        schemas = {r[0] for r in env.query("select schema_name from information_schema.schemata")}
+        assert "bizstim_uptown" in schemas
+        assert not schemas & {"bizstim_downtown", "bizstim", "timetap"}
+        history = env.query("select source, outcome from ops.run_history order by 1")
+        assert history == [("analytics", "ok"), ("bizstim.uptown", "ok")]
 
 
 def test_dagsters_own_command_materialises_the_module(sim: Simulator, tmp_path: Path) -> None:
