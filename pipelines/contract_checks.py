@@ -7,7 +7,8 @@ After the models ran, for every `analytics` table this build wrote:
 2. comments: `COMMENT ON TABLE/COLUMN` from the descriptions (the serving file copies them);
 3. data tests: the key (unique + not null) and every test of severity error are fatal; tests
    of severity warn (relationships by default) append one row per failing record to
-   `analytics.data_issues`, naming the test in `problem`.
+   `analytics.data_issues`, naming the test in `problem`. A relationships test looks the value
+   up within the row's own `account` wherever both tables carry one.
 
 A fatal finding raises `TransformFailed` (exit 7): the caller rolls the transaction back, so
 yesterday's analytics stay, and the message names the table, column, test and row count.
