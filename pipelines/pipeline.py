@@ -383,6 +383,9 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
         if pipeline.has_pending_data:
             report.notes.append("finished a load left over from an interrupted run")
             _normalize_and_load(pipeline, load, job, report)
+            replayed = warehouse.remove_replayed_rows(job.database, load.dataset)
+            if replayed:
+                report.notes.append(f"removed {replayed:,} rows the resumed load wrote twice")
         kwargs = job.overrides.get(spec.name, {})
         # a changed privacy policy reaches the account's stored history first, so this load
         # compares like with like (practice_sync.privacy)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import random
 import signal
 import time
+from pathlib import Path
 
+import duckdb
 import pytest
 from conftest import Env
 
+from practice_sync import warehouse
 from practice_sync.bizstim.settings import SESSION_FIELDS
 from practice_sync.failpoints import ENV, POINTS
 from practice_sync.simulator import Simulator
@@ -73,7 +76,9 @@ def test_chaos_random_kills_then_exact_warehouse(sim: Simulator, env: Env) -> No
     sim.latency = 0.005
     started = time.monotonic()
     assert env.run("run").code == 0
-    duration = time.monotonic() - started  # kill moments spread over a whole run, whatever its speed
+    duration = (
+        time.monotonic() - started
+    )  # kill moments spread over a whole run, whatever its speed
     rnd = random.Random(20261123)
     killed = night = 0
     while killed < 8 and night < 16:  # a run that beat its kill moment does not count
@@ -94,3 +99,43 @@ def test_chaos_random_kills_then_exact_warehouse(sim: Simulator, env: Env) -> No
     assert_warehouse_equals_upstream(env, sim)
     second = env.run("run")
     assert "0 new, 0 changed, 0 retired" in second.stdout
+
+
+def test_rows_a_resumed_load_wrote_twice_are_removed_exactly(tmp_path: Path) -> None:
+    """dlt prepares a package's scd2 staging once: a kill between a staging copy's commit and
+    dlt marking it done makes the resumed load insert those rows twice (seen in the chaos
+    test). The repair keeps one of each identical version and nothing else changes."""
+    database = tmp_path / "w.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create schema bizstim")
+        con.execute(
+            "create table bizstim.sessions (id varchar, _dlt_id varchar, "
+            "_dlt_valid_from timestamptz, _dlt_valid_to timestamptz)"
+        )
+        rows = [
+            ("1", "h1", "2026-11-01 00:00:00+00", "2026-11-02 00:00:00+00"),
+            ("1", "h1b", "2026-11-02 00:00:00+00", None),
+            ("1", "h1b", "2026-11-02 00:00:00+00", None),  # replayed
+            ("2", "h2", "2026-11-01 00:00:00+00", None),
+            ("2", "h2", "2026-11-02 00:00:00+00", None),  # same content, another version: kept
+            ("3", "h3", "2026-11-02 00:00:00+00", None),
+            ("3", "h3", "2026-11-02 00:00:00+00", None),  # replayed
+            ("3", "h3", "2026-11-02 00:00:00+00", None),  # replayed
+        ]
+        con.executemany("insert into bizstim.sessions values (?, ?, ?, ?)", rows)
+        con.execute("create table bizstim._dlt_loads (load_id varchar)")
+        con.executemany("insert into bizstim._dlt_loads values (?)", [("a",), ("a",)])
+    assert warehouse.remove_replayed_rows(database, "bizstim") == 3
+    assert warehouse.remove_replayed_rows(database, "bizstim") == 0
+    with duckdb.connect(str(database), read_only=True) as con:
+        left = con.execute(
+            "select id, _dlt_id, _dlt_valid_from::varchar from bizstim.sessions order by all"
+        ).fetchall()
+        assert [(i, h) for i, h, _ in left] == [
+            ("1", "h1"),
+            ("1", "h1b"),
+            ("2", "h2"),
+            ("2", "h2"),
+            ("3", "h3"),
+        ]
+        assert con.execute("select count(*) from bizstim._dlt_loads").fetchone() == (2,)
