@@ -20,7 +20,6 @@ so the next load does not see every record as changed.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import hashlib
@@ -361,13 +360,12 @@ def apply_to_history(
     (so the next load sees no change), all in one transaction with the record in
     `ops.privacy_policy`. Returns notes for the run's summary. Called before the extract;
     `dataset` is where the source's raw tables are (the source's name by default)."""
-    import duckdb
 
-    from practice_sync.warehouse import duckdb_config, table_exists
+    from practice_sync.warehouse import table_exists, writer
 
     if not policy and not database.exists():
         return []
-    with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+    with writer(database) as con:
         dataset = dataset or source
         previous = recorded(con, source, dataset)
         if previous is None and not policy:

@@ -144,6 +144,13 @@ def _read_only(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
 
 
+@contextlib.contextmanager
+def writer(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writing connection, taken under the one-writer lock that account threads share."""
+    with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+        yield con
+
+
 def stamp_account(database: Path, dataset: str, account: str) -> None:
     """Name the account on raw rows loaded before accounts existed: a single-account warehouse
     upgrades in place, history kept, as account `default`. A table tonight's load did not
@@ -151,7 +158,7 @@ def stamp_account(database: Path, dataset: str, account: str) -> None:
     table's real columns, so it never adds it twice."""
     if not database.exists():
         return
-    with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+    with writer(database) as con:
         tables = con.execute(
             "select table_name, bool_or(column_name = 'account') from duckdb_columns() "
             "where schema_name = ? and not starts_with(table_name, '_dlt') group by table_name",
@@ -176,7 +183,7 @@ def remove_replayed_rows(database: Path, dataset: str) -> int:
     if not database.exists():
         return 0
     removed = 0
-    with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+    with writer(database) as con:
         tables = con.execute(
             "select table_name from duckdb_columns() where schema_name = ? "
             "and column_name = '_dlt_valid_from'",
