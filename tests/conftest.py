@@ -25,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from cli_runner import run_cli
 
 from practice_sync.simulator import Simulator
 
@@ -124,17 +125,9 @@ class Env:
     database: Path
 
     def run(self, *args: str, timeout: float = 180) -> Result:
-        """Run the real console script in a child process, as cron would."""
-        env = {**os.environ, **self.vars}
-        proc = subprocess.run(
-            [sys.executable, "-m", "practice_sync.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        """Run the real CLI in a child process, as cron would (forked from a warm one where
+        that is the same: cli_runner.py)."""
+        return Result(*run_cli(args, {**os.environ, **self.vars}, ROOT, timeout))
 
     def start(self, *args: str, capture: bool = False) -> subprocess.Popen:
         """The same run, not waited for: a test may kill it wherever it happens to be."""
