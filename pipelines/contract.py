@@ -218,10 +218,15 @@ def parse_table(path: Path, data: Any) -> Table:
     return table
 
 
+# libyaml's loader where PyYAML was built with it: the same documents, parsed ~6x faster (every
+# rebuild reads the contract)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_table(path: Path) -> Table:
     """Read one contract file; unreadable YAML is a ContractError naming the file and line."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

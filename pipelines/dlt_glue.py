@@ -116,10 +116,33 @@ def make_pipeline(
     return dlt.pipeline(
         pipeline_name=name,
         pipelines_dir=str(pipelines_dir),
-        destination=dlt.destinations.duckdb(credentials),
+        destination=_resolving_partial_once(dlt.destinations.duckdb(credentials)),
         dataset_name=dataset,
         progress=progress,
     )
+
+
+def _resolving_partial_once(destination: Any) -> Any:
+    """`destination`, resolving its *partial* configuration only once.
+
+    dlt's `capabilities()` (asked a dozen times per load) resolves a partial configuration
+    through every settings provider each time, about 20 ms a call: a third of a small account's
+    load. Only `capabilities()` asks for a partial one, always built from the factory's own
+    arguments, and settings do not change while a pipeline runs, so the first answer holds.
+    (An instance attribute, not a subclass: dlt names a destination after its class.)
+    """
+    resolve = destination.configuration
+    cache: list[Any] = []
+
+    def configuration(initial_config: Any, accept_partial: bool = False) -> Any:
+        if not accept_partial:
+            return resolve(initial_config, accept_partial)
+        if not cache:
+            cache.append(resolve(initial_config, accept_partial=True))
+        return cache[0]
+
+    destination.configuration = configuration
+    return destination
 
 
 def drop_staging_dataset(pipeline: dlt.Pipeline) -> None:
