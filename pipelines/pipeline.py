@@ -294,9 +294,8 @@ def _close(
     The first two do not depend on the rebuild having worked; a failure to publish is exit 8."""
     if not database.exists():
         return ExitCode(code) if signal_code is None else ExitCode.OK
-    config = duckdb_config()
     try:
-        with contextlib.closing(duckdb.connect(str(database), config=config)) as con:
+        with contextlib.closing(warehouse.connect(database)) as con:
             report.issues_by_source = status.issues_by_source(con) or {}
             history.record(con, history.rows(report, code, signal_code))
             if signal_code is None:
@@ -333,7 +332,7 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
             code = exc.exit_code
         report.finished = time.monotonic()
         if code == ExitCode.OK:
-            with contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+            with contextlib.closing(warehouse.connect(database)) as con:
                 target = serve.serve_path(database)
                 serve.publish(con, target)
                 report.serving = target
@@ -493,7 +492,7 @@ def _transform_into(database: Path, report: RunReport) -> None:
 
     if not database.exists():
         return
-    connection = contextlib.closing(duckdb.connect(str(database), config=duckdb_config()))
+    connection = contextlib.closing(warehouse.connect(database))
     with connection as con:
         try:
             with phase(report.phases, "transforms"):

@@ -71,12 +71,27 @@ def check_writable(database: Path) -> None:
         raise ConfigError(f"The warehouse cannot be written ({problem}): fix {SETTING}.")
 
 
-def _check_not_held(database: Path) -> None:
-    """DuckDB allows one writing process: find out now, not halfway through a load."""
+def connect(database: Path) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse, opened exactly as dlt opens its own.
+
+    In one process every connection to a file shares one DuckDB instance and must be opened
+    with the same configuration, so the memory limit is a global setting here (as dlt applies
+    it) rather than a connect option. While a run holds the warehouse (`lock`) its instance
+    stays open: an open does not re-read the file, a close does not checkpoint it.
+    """
+    con = duckdb.connect(str(database))
+    limit = duckdb_config()["memory_limit"]
+    con.execute(f"set global memory_limit = '{str(limit).replace(chr(39), '')}'")
+    return con
+
+
+def _hold(database: Path) -> duckdb.DuckDBPyConnection | None:
+    """Open the warehouse for the whole run (None when there is none yet); DuckDB allows one
+    writing process, so a program holding it is found now, not halfway through a load."""
     if not database.exists():
-        return
+        return None
     try:
-        duckdb.connect(str(database)).close()
+        return connect(database)
     except duckdb.IOException:
         raise LoadFailed(
             f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
@@ -105,8 +120,13 @@ def lock(database: Path, wait: float = 0.0) -> Iterator[None]:
                 ) from None
             interrupt.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
     try:
-        _check_not_held(database)  # after the lock: our own other run is reported as such
-        yield
+        held = _hold(database)  # after the lock: our own other run is reported as such
+        try:
+            yield
+        finally:
+            if held is not None:
+                with access:
+                    held.close()
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
@@ -140,14 +160,14 @@ def has_dataset(database: Path, dataset: str) -> bool:
 
 @contextlib.contextmanager
 def _read_only(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    with access, contextlib.closing(duckdb.connect(str(database), read_only=True)) as con:
+    with access, contextlib.closing(connect(database)) as con:
         yield con
 
 
 @contextlib.contextmanager
 def writer(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection, taken under the one-writer lock that account threads share."""
-    with access, contextlib.closing(duckdb.connect(str(database), config=duckdb_config())) as con:
+    with access, contextlib.closing(connect(database)) as con:
         yield con
 
 
