@@ -71,6 +71,11 @@ def check_writable(database: Path) -> None:
         raise ConfigError(f"The warehouse cannot be written ({problem}): fix {SETTING}.")
 
 
+# the warehouses this process holds for a run (`lock`): the connection keeping each one's DuckDB
+# instance open, None until the file exists (a first run's load creates it)
+_held: dict[Path, duckdb.DuckDBPyConnection | None] = {}
+
+
 def connect(database: Path) -> duckdb.DuckDBPyConnection:
     """A connection to the warehouse, opened exactly as dlt opens its own.
 
@@ -79,24 +84,39 @@ def connect(database: Path) -> duckdb.DuckDBPyConnection:
     it) rather than a connect option. While a run holds the warehouse (`lock`) its instance
     stays open: an open does not re-read the file, a close does not checkpoint it.
     """
+    if database in _held and _held[database] is None:  # the run's first open of the file
+        _held[database] = _open(database)
+    return _open(database)
+
+
+def _open(database: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(database))
-    limit = duckdb_config()["memory_limit"]
-    con.execute(f"set global memory_limit = '{str(limit).replace(chr(39), '')}'")
+    limit = str(duckdb_config()["memory_limit"]).replace("'", "")
+    con.execute(f"set global memory_limit = '{limit}'")
     return con
 
 
-def _hold(database: Path) -> duckdb.DuckDBPyConnection | None:
-    """Open the warehouse for the whole run (None when there is none yet); DuckDB allows one
-    writing process, so a program holding it is found now, not halfway through a load."""
+def _hold(database: Path) -> None:
+    """Open the warehouse for the whole run, if there is one yet; DuckDB allows one writing
+    process, so a program holding it is found now, not halfway through a load."""
+    _held[database] = None
     if not database.exists():
-        return None
+        return
     try:
-        return connect(database)
+        _held[database] = _open(database)
     except duckdb.IOException:
+        del _held[database]
         raise LoadFailed(
             f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
             "holding it for writing); close it and run again. Nothing was changed."
         ) from None
+
+
+def _release(database: Path) -> None:
+    with access:
+        held = _held.pop(database, None)
+        if held is not None:
+            held.close()
 
 
 @contextlib.contextmanager
@@ -120,13 +140,11 @@ def lock(database: Path, wait: float = 0.0) -> Iterator[None]:
                 ) from None
             interrupt.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
     try:
-        held = _hold(database)  # after the lock: our own other run is reported as such
+        _hold(database)  # after the lock: our own other run is reported as such
         try:
             yield
         finally:
-            if held is not None:
-                with access:
-                    held.close()
+            _release(database)
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
