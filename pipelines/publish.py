@@ -191,10 +191,11 @@ def publish_all(con: duckdb.DuckDBPyConnection, database: Path, report: RunRepor
 
 
 def failure_sentence(name: str, exc: BaseException) -> str:
-    """One sentence naming the destination's setting; never a password from a URL."""
+    """One sentence naming the destination's setting; never a password (from a URL or a
+    libpq connection string the driver quoted), since it lands in logs and the run history."""
     cause = _root(exc)
-    text = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-    text = re.sub(r"://[^@/\s]*@", "://***@", text)
+    text = str(cause).strip()
+    text = mask_secrets(text.splitlines()[0])[:200] if text else type(cause).__name__
     if dlt_glue.missing_setting(cause) is not None:
         text = "it has no credentials"
     return (
@@ -202,6 +203,13 @@ def failure_sentence(name: str, exc: BaseException) -> str:
         f"the server keeps its last complete state and the next run catches it up: check "
         f"{credentials_setting(name)}."
     )
+
+
+def mask_secrets(text: str) -> str:
+    """`***` for a URL's `user:password@` (up to the last `@`: a password may hold one) and a
+    libpq connection string's `password=...`; masked before any cut, so none is half-shown."""
+    text = re.sub(r"://\S*@", "://***@", text)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
 
 
 def _root(exc: BaseException) -> BaseException:

@@ -305,6 +305,31 @@ def test_destinations_without_transactions_get_dlts_replace(
             assert types == columns, table
 
 
+def test_a_failure_sentence_never_shows_a_password() -> None:
+    """Whatever the driver quotes: a URL (its password may hold `@` or `/`, and the sentence is
+    cut at 200 characters: masked before the cut) or a libpq connection string."""
+    secret = "pa@ss/w0rd-s3cret"
+    long = "x" * 170
+    for text in (
+        f"could not connect to postgresql://loader:{secret}@db.example.com:5432/reporting",
+        f"{long} postgresql://loader:{secret}@db.example.com:5432/reporting",
+        f"invalid dsn: host=db user=loader password={secret} dbname=reporting",
+        f"invalid dsn: host=db user=loader PASSWORD = '{secret} with spaces' dbname=reporting",
+    ):
+        try:
+            try:
+                raise ValueError(text)
+            except ValueError as inner:
+                raise RuntimeError("dlt's own wrapper") from inner
+        except RuntimeError as exc:
+            sentence = publish.failure_sentence("postgres", exc)
+        assert "s3cret" not in sentence and "pa@ss" not in sentence, sentence
+        assert "***" in sentence and "check destination.postgres.credentials" in sentence
+    assert "postgresql://***@db.example.com:5432/reporting" in publish.failure_sentence(
+        "postgres", ValueError(f"at postgresql://loader:{secret}@db.example.com:5432/reporting")
+    )
+
+
 def test_a_destination_without_credentials_says_which_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
