@@ -469,6 +469,36 @@ def test_a_serving_file_that_cannot_be_written_does_not_hold_the_destination_bac
     assert list(blocked.iterdir()) == []
 
 
+def test_a_failed_rebuild_publishes_nothing_and_says_so_in_the_history(
+    sim: Simulator, tmp_path: Path, pg_url: str
+) -> None:
+    env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
+    assert env.run("run").code == 0
+    before = pg_analytics(pg_url)
+    # a second current raw version whose id reads as the same session ('0' + id): the rebuild's
+    # key test fails (tests/test_contract_e2e.py), yesterday's analytics is kept
+    with contextlib.closing(duckdb.connect(str(env.database))) as con:
+        con.execute(
+            "insert into bizstim.sessions by name select * replace ('0' || id as id, "
+            "md5(_dlt_id) as _dlt_id) from bizstim.sessions where _dlt_valid_to is null limit 1"
+        )
+    result = env.run("transform")
+    assert result.code == 7, result.stderr
+    assert "published to postgres" not in result.stdout
+    assert pg_analytics(pg_url) == before
+    *_, row = publish_rows(env.database)
+    assert row[1:4] == (
+        "skipped", 0, "Not published to postgres: the analytics tables could not be rebuilt, so "
+        "it keeps its last complete state.",
+    )  # fmt: skip
+    assert [r[:3] for r in run_rows(env, row[0])] == [
+        ("analytics", "failed", 7), ("publish.postgres", "skipped", 0),
+    ]  # fmt: skip
+    item, cells, warnings = destination_status(env)  # the serving file has it too
+    assert (item["last_outcome"], item["configured"], cells[-1]) == ("skipped", True, "skipped")
+    assert warnings.endswith("skipped: " + row[3])
+
+
 def test_publish_schema_setting_renames_the_target_schema(
     sim: Simulator, tmp_path: Path, pg_url: str
 ) -> None:
