@@ -1,6 +1,9 @@
 """The run history: one row per run and source in `ops.run_history`, written at the end of every
 run (failed and interrupted ones included), so the on-call person and `practice-sync status`
 can tell what happened on which night without dlt's trace, which a failed run does not leave.
+
+Each `practice_sync.publish` destination gets a row of its own, `publish.<name>`, written once
+its publish is over: a destination can fail (exit 10) on a night every source loaded.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from typing import Any
 import duckdb
 
 from practice_sync.report import RunReport, SourceReport
+from practice_sync.status import DESTINATION_PREFIX
 
 SCHEMA = "ops"
 TABLE = f"{SCHEMA}.run_history"
 COLUMNS = (
     ("run_id", "varchar"),
-    ("source", "varchar"),  # 'bizstim' | 'timetap' | 'analytics' (the rebuild)
+    # 'bizstim' | 'bizstim.<account>' | 'timetap'… | 'analytics' (the rebuild) | 'publish.<dest>'
+    ("source", "varchar"),
     ("started_at", "timestamptz"),
     ("finished_at", "timestamptz"),
     ("duration_s", "double"),  # this source's own steps (extract, normalize, load)
@@ -47,10 +52,12 @@ def source_outcome(source: SourceReport, interrupted: bool) -> tuple[str, int]:
     return "ok", 0
 
 
-def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[tuple[Any, ...]]:
-    """The history rows of one run: a row per source, then one for the analytics rebuild."""
-    finished = datetime.now(UTC)
-    started = finished - timedelta(seconds=report.seconds)
+def rows(
+    report: RunReport, code: int, signal_code: int | None = None, at: datetime | None = None
+) -> list[tuple[Any, ...]]:
+    """The history rows of one run: a row per source, then one for the analytics rebuild. `at`
+    is the run's end, shared with its destinations' rows (`destination_rows`)."""
+    started, finished = _instants(report, at)
     issues = report.issues_by_source
     out: list[tuple[Any, ...]] = []
     for source in report.sources:
@@ -75,7 +82,7 @@ def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[t
         analytics = ("ok", 0)
     out.append(
         (
-            report.run_id, "analytics", started, finished, sum(report.phases.values()),
+            report.run_id, "analytics", started, finished, report.phases.get("transforms", 0.0),
             analytics[0],
             analytics[1], None, None, None, None, None, None,
             report.data_issues, report.transform_error,
@@ -84,8 +91,32 @@ def rows(report: RunReport, code: int, signal_code: int | None = None) -> list[t
     return out
 
 
+def destination_rows(report: RunReport, at: datetime | None = None) -> list[tuple[Any, ...]]:
+    """A row per `practice_sync.publish` destination: `rows_new` is the rows sent there,
+    `rows_retired` the rows deleted there, `rows_current` the rows it holds after an `ok`."""
+    started, finished = _instants(report, at)
+    out: list[tuple[Any, ...]] = []
+    for item in report.destinations:
+        out.append(
+            (
+                report.run_id, f"{DESTINATION_PREFIX}{item.name}", started, finished,
+                item.seconds, item.outcome, item.exit_code, None, None, item.added, None,
+                item.removed, item.rows, None, item.error,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _instants(report: RunReport, at: datetime | None) -> tuple[datetime, datetime]:
+    """The run's start and end: `at` (now by default) less the run's duration."""
+    finished = at or datetime.now(UTC)
+    return finished - timedelta(seconds=report.seconds), finished
+
+
 def record(con: duckdb.DuckDBPyConnection, history: Sequence[tuple[Any, ...]]) -> None:
     """Append a run's rows to `ops.run_history`, creating it on first use."""
+    if not history:
+        return
     columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
     con.execute(f"create schema if not exists {SCHEMA}")
     con.execute(f"create table if not exists {TABLE} ({columns})")

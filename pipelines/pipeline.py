@@ -290,32 +290,65 @@ def _close(
     database: Path, report: RunReport, code: int, signal_code: int | None = None
 ) -> ExitCode:
     """Record the run in `ops.run_history`, then (unless interrupted) publish the serving file
-    and, after a good rebuild, the `practice_sync.publish` destinations (exit 10 if one fails).
-    The first two do not depend on the rebuild having worked; a failure to publish is exit 8."""
+    and, after a good rebuild, the `practice_sync.publish` destinations (exit 10 if one fails),
+    each of which gets its own history row. The history and the serving file do not depend on
+    the rebuild having worked; a failure to write either is exit 8. An interrupted run records
+    its destinations as interrupted (nothing was published) and leaves the serving file."""
     if not database.exists():
         return ExitCode(code) if signal_code is None else ExitCode.OK
+    at = datetime.now(UTC)  # the run's end, on every row it records
     try:
-        with contextlib.closing(warehouse.connect(database)) as con:
+        with warehouse.writer(database) as con:
             report.issues_by_source = status.issues_by_source(con) or {}
-            history.record(con, history.rows(report, code, signal_code))
-            if signal_code is None:
-                with phase(report.phases, "publish"):
-                    target = serve.serve_path(database)
-                    serve.publish(con, target)
-                report.serving = target
-                published = publish.publish_all(con, database, report)
-                if published and code in (ExitCode.OK, ExitCode.DELETIONS_WITHHELD):
-                    code = published  # a failure outranks a withheld deletion, as in _worst
+            history.record(con, history.rows(report, code, signal_code, at))
+            if signal_code is not None:
+                for item in publish.not_started(report):
+                    item.outcome, item.exit_code = "interrupted", signal_code
+                history.record(con, history.destination_rows(report, at))
+                return ExitCode.OK
+            published = _serve_and_publish(con, database, report, at)
+            if published and code in (ExitCode.OK, ExitCode.DELETIONS_WITHHELD):
+                code = published  # a failure outranks a withheld deletion, as in _worst
     except (LoadFailed, duckdb.Error) as exc:
         if signal_code is not None:
             return ExitCode.OK
         report.transform_error = report.transform_error or str(exc)
         return ExitCode(code) if code else ExitCode.LOAD_FAILED
-    return ExitCode(code) if signal_code is None else ExitCode.OK
+    return ExitCode(code)
+
+
+def _serve_and_publish(
+    con: duckdb.DuckDBPyConnection, database: Path, report: RunReport, at: datetime
+) -> ExitCode:
+    """The serving file first, so its readers never wait for a remote server; then each
+    destination (even when the serving file failed: neither depends on the other), its row in
+    the history, and the serving file's history brought up to date so `status` shows it.
+
+    A stop request during publishing records the destinations as interrupted and is raised
+    again; the serving file then gets their rows with the next run (as after any interruption).
+    """
+    target = serve.serve_path(database)
+    served: LoadFailed | None = None
+    try:
+        with phase(report.phases, "publish"):
+            serve.publish(con, target)
+        report.serving = target
+    except LoadFailed as exc:
+        served = exc
+    try:
+        code = publish.publish_all(con, database, report)
+    finally:
+        history.record(con, history.destination_rows(report, at))
+    if served is not None:
+        raise served
+    if report.destinations:
+        serve.refresh_history(con, target)
+    return code
 
 
 def transform(database: Path) -> tuple[RunReport, ExitCode]:
-    """Rebuild analytics from the raw data already loaded, without calling any API."""
+    """Rebuild analytics from the raw data already loaded, without calling any API, and
+    publish and record it as a run's end does (`_close`)."""
     report = RunReport(database=database)
     warehouse.check_writable(database)
     if not database.exists():
@@ -331,12 +364,9 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
             report.transform_error = str(exc)
             code = exc.exit_code
         report.finished = time.monotonic()
-        if code == ExitCode.OK:
-            with contextlib.closing(warehouse.connect(database)) as con:
-                target = serve.serve_path(database)
-                serve.publish(con, target)
-                report.serving = target
-                code = publish.publish_all(con, database, report)
+        # as a run's end: the analytics row and each destination's in the history, the
+        # serving file, the destinations (so catching a destination up by hand shows in status)
+        code = _close(database, report, code)
     return report, code
 
 

@@ -36,10 +36,10 @@ import dlt
 import duckdb
 from dlt.common.schema.typing import TColumnSchema
 
-from practice_sync import dlt_glue
-from practice_sync.errors import ConfigError, ExitCode
+from practice_sync import dlt_glue, interrupt
+from practice_sync.errors import ConfigError, ExitCode, find_cause
 from practice_sync.failpoints import failpoint
-from practice_sync.report import RunReport, phase
+from practice_sync.report import DestinationReport, RunReport, phase
 
 SETTING = "practice_sync.publish (PRACTICE_SYNC__PUBLISH)"
 SCHEMA_SETTING = "practice_sync.publish_schema (PRACTICE_SYNC__PUBLISH_SCHEMA)"
@@ -103,6 +103,7 @@ class Plan:
     whole: bool  # recreate it and send every row (new, reshaped, or the server lost track)
     added: int = 0
     removed: int = 0
+    rows: int = 0  # the table's rows tonight: what the destination holds once it commits
 
     @property
     def keys(self) -> str:
@@ -127,6 +128,23 @@ class Plan:
             f"select row_key from ({self.published}) "
             f"where row_key not in (select row_key from {self.keys})"
         )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one publish sent, for the summary and the destination's row in the run history."""
+
+    schema: str
+    added: int  # rows sent
+    removed: int | None  # rows deleted there; None: every table was replaced whole
+    rows: int  # rows the destination holds now
+
+    @property
+    def text(self) -> str:
+        """`analytics: 5 rows added, 1 removed`, or `analytics: 52 rows replaced`."""
+        if self.removed is None:
+            return f"{self.schema}: {self.rows:,} rows replaced"
+        return f"{self.schema}: {self.added:,} rows added, {self.removed:,} removed"
 
 
 def destinations() -> list[str]:
@@ -172,29 +190,69 @@ def credentials_setting(name: str) -> str:
 
 
 def publish_all(con: duckdb.DuckDBPyConnection, database: Path, report: RunReport) -> ExitCode:
-    """Publish the rebuilt `analytics` to every configured destination; the first failure's
-    sentence goes to the report and its exit code is returned (the others still publish)."""
-    names = destinations()
-    if not names or report.transform_error:
+    """Publish the rebuilt `analytics` to every configured destination and return the first
+    failure's exit code (the others still publish). Each destination's outcome lands in
+    `report.destinations`, so the run history has a row for it whatever happened: after a failed
+    rebuild none is attempted (`skipped`); a stop request marks the rest `interrupted` and is
+    raised again once they are marked."""
+    todo = not_started(report)
+    if report.transform_error:
+        for item in todo:
+            item.error = (
+                f"Not published to {item.name}: the analytics tables could not be rebuilt, so "
+                "it keeps its last complete state."
+            )
         return ExitCode.OK
     code = ExitCode.OK
-    for name in names:
+    for index, item in enumerate(todo):
         try:
-            with phase(report.phases, f"publish:{name}"):
-                report.published[name] = publish_to(con, name, database)
-        except Exception as exc:
-            sentence = failure_sentence(name, exc)
-            log.debug("publishing to %s failed", name, exc_info=exc)
-            report.publish_errors.append(sentence)
+            _publish_one(con, item, database, report)
+        except BaseException as exc:
+            stop = find_cause(exc, interrupt.Interrupted)  # ours, or one dlt wrapped in its own
+            if stop is not None:
+                for left in todo[index:]:
+                    left.outcome, left.exit_code = "interrupted", stop.exit_code
+                raise stop from None
+            if not isinstance(exc, Exception):
+                raise
+            item.outcome, item.exit_code = "failed", int(ExitCode.PUBLISH_FAILED)
+            item.error = failure_sentence(item.name, exc)
+            log.debug("publishing to %s failed", item.name, exc_info=exc)
             code = code or ExitCode.PUBLISH_FAILED
     return code
 
 
+def not_started(report: RunReport) -> list[DestinationReport]:
+    """Each configured destination the report has no outcome for yet, added to it (`skipped`
+    until the caller says otherwise)."""
+    seen = {item.name for item in report.destinations}
+    todo = [DestinationReport(name) for name in destinations() if name not in seen]
+    report.destinations.extend(todo)
+    return todo
+
+
+def _publish_one(
+    con: duckdb.DuckDBPyConnection, item: DestinationReport, database: Path, report: RunReport
+) -> None:
+    """One destination, timed into `item` (failed attempts too) and the report's phases."""
+    interrupt.check()  # a stop request: this destination and the rest are not started
+    step = f"publish:{item.name}"
+    before = report.phases.get(step, 0.0)
+    try:
+        with phase(report.phases, step):
+            sent = publish_to(con, item.name, database)
+    finally:
+        item.seconds = report.phases.get(step, 0.0) - before
+    item.outcome, item.exit_code, item.sent = "ok", 0, sent.text
+    item.added, item.removed, item.rows = sent.added, sent.removed, sent.rows
+
+
 def failure_sentence(name: str, exc: BaseException) -> str:
-    """One sentence naming the destination's setting; never a password from a URL."""
+    """One sentence naming the destination's setting; never a password (from a URL or a
+    libpq connection string the driver quoted), since it lands in logs and the run history."""
     cause = _root(exc)
-    text = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-    text = re.sub(r"://[^@/\s]*@", "://***@", text)
+    text = str(cause).strip()
+    text = mask_secrets(text.splitlines()[0])[:200] if text else type(cause).__name__
     if dlt_glue.missing_setting(cause) is not None:
         text = "it has no credentials"
     return (
@@ -202,6 +260,13 @@ def failure_sentence(name: str, exc: BaseException) -> str:
         f"the server keeps its last complete state and the next run catches it up: check "
         f"{credentials_setting(name)}."
     )
+
+
+def mask_secrets(text: str) -> str:
+    """`***` for a URL's `user:password@` (up to the last `@`: a password may hold one) and a
+    libpq connection string's `password=...`; masked before any cut, so none is half-shown."""
+    text = re.sub(r"://\S*@", "://***@", text)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
 
 
 def _root(exc: BaseException) -> BaseException:
@@ -216,8 +281,9 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
-def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str:
-    """Publish to one destination; return what was sent, for the summary."""
+def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> Sent:
+    """Publish to one destination; return what was sent. A stop request is honoured before
+    anything is sent and before the server's transaction, never inside it."""
     tables = read_tables(con)
     schema = target_schema()
     pipelines_dir = database.parent / ".practice_sync" / database.stem
@@ -238,8 +304,10 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str
     try:
         whole = on_server is None or on_server != _state_version(con, name)
         plans = _plan(con, name, tables, whole, present)
+        interrupt.check()
         if any(p.added or p.removed for p in plans):
             _stage(con, staging, plans, pipelines_dir / "publish_files")
+        interrupt.check()  # staged but not applied: the server still holds last night
         version = uuid.uuid4().hex
         with staging.sql_client() as client, client.begin_transaction():
             _apply(client, schema, staging_schema, plans, _gone_tables(con, name, tables))
@@ -251,7 +319,7 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> str
             con.execute(f"drop table if exists {plan.keys}")
     added = sum(p.added for p in plans)
     removed = sum(p.removed for p in plans)
-    return f"{schema}: {added:,} rows added, {removed:,} removed"
+    return Sent(schema, added, removed, sum(p.rows for p in plans))
 
 
 def read_tables(con: duckdb.DuckDBPyConnection) -> list[Table]:
@@ -349,8 +417,9 @@ def _plan(
         same = signatures.get(table.name) == table.signature and table.name in present
         plan = Plan(name, table, whole or not same)
         con.execute(f"create or replace temp table {plan.keys} as {_row_keys_sql(table)}")
+        plan.rows = _count(con, f"select count(*) from {plan.keys}")
         if plan.whole:
-            plan.added = _count(con, f"select count(*) from {plan.keys}")
+            plan.added = plan.rows
         else:
             plan.added = _count(con, f"select count(*) from ({plan.new_keys})")
             plan.removed = _count(con, f"select count(*) from ({plan.gone_keys})")
@@ -591,7 +660,7 @@ def _replace(
     tables: Sequence[Table],
     schema: str,
     pipelines_dir: Path,
-) -> str:
+) -> Sent:
     """Destinations without transactional DDL: dlt's `replace` of every table (each table is
     swapped whole; not tested here)."""
     pipeline = dlt.pipeline(
@@ -607,4 +676,4 @@ def _replace(
         queries.append((table.name, sql, table))
     pipeline.run(_resource(con, queries, "analytics"))
     rows = sum(_count(con, f'select count(*) from {SOURCE_SCHEMA}."{t.name}"') for t in tables)
-    return f"{schema}: {rows:,} rows replaced"
+    return Sent(schema, rows, None, rows)

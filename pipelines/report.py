@@ -102,6 +102,22 @@ class SourceReport:
 
 
 @dataclass
+class DestinationReport:
+    """One `practice_sync.publish` destination's part of a run, for the summary and its row
+    in `ops.run_history` (`publish.<name>`)."""
+
+    name: str
+    outcome: str = "skipped"  # ok | failed | interrupted | skipped (not attempted tonight)
+    exit_code: int = 0
+    error: str | None = None  # the one sentence (why it failed, or why it was not attempted)
+    sent: str | None = None  # what was sent, for the summary: "analytics: 5 rows added, 1 removed"
+    added: int | None = None  # rows sent to it
+    removed: int | None = None  # rows deleted there
+    rows: int | None = None  # rows it holds afterwards
+    seconds: float = 0.0
+
+
+@dataclass
 class RunReport:
     database: Path | None = None  # the warehouse file, always named in the summary
     serving: Path | None = None  # the serving file published this run
@@ -111,8 +127,7 @@ class RunReport:
     analytics: dict[str, int] = field(default_factory=dict)
     data_issues: int | None = None
     transform_error: str | None = None
-    published: dict[str, str] = field(default_factory=dict)  # destination -> what was sent
-    publish_errors: list[str] = field(default_factory=list)
+    destinations: list[DestinationReport] = field(default_factory=list)  # in publishing order
     phases: dict[str, float] = field(default_factory=dict)  # "transforms" -> seconds
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -120,6 +135,16 @@ class RunReport:
     @property
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def published(self) -> dict[str, str]:
+        """Destination -> what was sent, for each one published tonight."""
+        return {d.name: d.sent for d in self.destinations if d.outcome == "ok" and d.sent}
+
+    @property
+    def publish_errors(self) -> list[str]:
+        """The sentence of each destination that could not be published to."""
+        return [d.error for d in self.destinations if d.outcome == "failed" and d.error]
 
     def problems(self) -> list[str]:
         """Every sentence a person must act on, in the order they happened."""
@@ -151,9 +176,10 @@ class RunReport:
             lines.append(f"warehouse: {self.database}")
         if self.serving is not None:
             lines.append(f"serving file (for readers): {self.serving}")
-        for destination, sent in self.published.items():
-            took = self.phases.get(f"publish:{destination}", 0.0)
-            lines.append(f"published to {destination}: {sent} in {took:,.1f} s")
+        for destination in self.destinations:
+            if destination.outcome == "ok":
+                took = f"{destination.seconds:,.1f}"
+                lines.append(f"published to {destination.name}: {destination.sent} in {took} s")
         lines.append(f"time: {self.seconds:,.1f} s")
         return "\n".join(lines)
 

@@ -3,9 +3,14 @@
 It reads the run history (`ops.run_history`, one row per run and source) from the *serving file*,
 read-only, so it answers at once even while a run holds the warehouse. Exit codes: 0 when every
 configured source is fresh (or no `--max-age` was given), 2 when there is no serving file or no
-run history in it yet, 9 (`STALE_EXIT`, beside the run's 0-8) when `--max-age` was given and a
+run history in it yet, 9 (`STALE_EXIT`, beside the run's 0-10) when `--max-age` was given and a
 source's last success is older than that or it never succeeded. A source every recent run skipped
 (no credentials: not configured here) is listed but never counts as stale.
+
+A `practice_sync.publish` destination (`publish.postgres`) is listed and judged as a source is:
+dashboards reading the server are as stale as its last successful publish, whatever the sources
+did. Only runs that publish to it write its rows, so even a `skipped` one (the rebuild failed,
+nothing new to send) means it is configured: it counts as stale.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ if TYPE_CHECKING:  # duckdb is imported when a command runs, not when the CLI pa
 STALE_EXIT = 9
 DEFAULT_MAX_AGE = 26 * 3600.0  # a nightly run plus two hours of slack
 SUCCESS = ("ok", "withheld")  # withheld: loaded, only the deletions were held back (exit 3)
-SOURCE_ORDER = ("bizstim", "timetap", "analytics")
+SOURCE_ORDER = ("bizstim", "timetap", "analytics", "publish")
+DESTINATION_PREFIX = "publish."  # a destination's rows: `publish.postgres`
 COUNTS = ("rows_new", "rows_changed", "rows_retired", "rows_current")
 
 
@@ -52,7 +58,8 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
         help="per source: last successful run, its age and counts, open data issues",
         description="Read the serving file's run history (read-only, never waits for a run). "
         f"Exit 0: fresh; 2: no serving file or no history yet; {STALE_EXIT}: with --max-age, a "
-        "source's last success is older than that or it never succeeded.",
+        "source's (or a publish destination's) last success is older than that or it never "
+        "succeeded.",
     )
     cmd.add_argument(
         "--database", help="a DuckDB file to read (default: the warehouse's serving file)"
@@ -61,7 +68,8 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
         "--max-age",
         type=parse_age,
         metavar="AGE",
-        help=f"exit {STALE_EXIT} when a source's last success is older than this (e.g. 26h, 2d)",
+        help=f"exit {STALE_EXIT} when a source's or destination's last success is older than "
+        "this (e.g. 26h, 2d)",
     )
     cmd.add_argument("--json", action="store_true", help="one JSON document, for machines")
 
@@ -71,6 +79,7 @@ class SourceStatus:
     """One source's line: its last success (what the data is as of) and its last run."""
 
     source: str
+    kind: str  # source | analytics (the rebuild) | destination (`publish.<name>`)
     configured: bool  # False: every run so far skipped it (no credentials)
     last_run_at: datetime | None
     last_outcome: str
@@ -208,9 +217,11 @@ def _source_status(
     row: Sequence[Any], issues: dict[str, int] | None, max_age_s: float | None, now: datetime
 ) -> SourceStatus:
     source, started, outcome, exit_code, error, finished, ok_outcome, *counts = row
+    kind = kind_of(str(source))
     item = SourceStatus(
         source=str(source),
-        configured=outcome != "skipped",
+        kind=kind,
+        configured=outcome != "skipped" or kind == "destination",
         last_run_at=_instant(started),
         last_outcome=str(outcome),
         last_exit_code=None if exit_code is None else int(exit_code),
@@ -222,11 +233,18 @@ def _source_status(
         item.age_s = max((now - item.last_success_at).total_seconds(), 0.0)
         for name, value in zip(COUNTS, counts, strict=True):
             setattr(item, name, None if value is None else int(value))
-    if item.source != "analytics":  # the rebuild's issues are the sources' issues
+    if kind == "source":  # the rebuild's issues are the sources' issues
         item.open_issues = None if issues is None else issues.get(item.source, 0)
     too_old = max_age_s is not None and item.age_s is not None and item.age_s > max_age_s
     item.stale = item.configured and (item.last_success_at is None or too_old)
     return item
+
+
+def kind_of(source: str) -> str:
+    """What a run-history row is about, from its `source` label."""
+    if source == "analytics":
+        return "analytics"
+    return "destination" if source.startswith(DESTINATION_PREFIX) else "source"
 
 
 def format_age(seconds: float | None) -> str:
@@ -293,7 +311,8 @@ def render_text(status: Status) -> str:
         *_aligned([HEADERS + HEADERS_2, *rows]),
     ]
     for item in status.sources:
-        if item.last_outcome not in (*SUCCESS, "skipped"):
+        quiet = ("skipped",) if item.kind != "destination" else ()  # not configured here
+        if item.last_outcome not in (*SUCCESS, *quiet):
             lines.append(
                 f"! {item.source}: last run {when_text(item.last_run_at)} {last_run_text(item)}"
                 + (f": {item.last_error}" if item.last_error else "")

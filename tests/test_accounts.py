@@ -1,8 +1,8 @@
 """Several Bizstim accounts and TimeTap businesses in one warehouse, against one simulator that
-tells them apart by their keys (overlapping ids, different time zones).
+tells them apart by their keys (overlapping ids, different time zones; tests/accounts_fixtures.py).
 
-Expected values are computed here from the simulator's own rows (zoneinfo for the instants),
-never read back from the pipeline's code.
+Expected values are computed from the simulator's own rows (zoneinfo for the instants), never
+read back from the pipeline's code.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import sys
 import threading
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
+from accounts_fixtures import ZONES, accounts_env, expected_sessions, two_accounts
 from conftest import FAST_RETRIES, ROOT, Env, make_env, summary_lines
 
 from practice_sync import config_check
@@ -24,59 +25,11 @@ from practice_sync.errors import ConfigError
 from practice_sync.pipeline import Job, configured_loads
 from practice_sync.simulator import Fault, Simulator
 
-ZONES = {"downtown": "America/New_York", "uptown": "Europe/Berlin"}
-
 
 @pytest.fixture
-def multi() -> Simulator:
-    with Simulator(seed=7, sessions=60, clients=20, packages=6, edge_cases=False) as sim:
-        sim.add_account("downtown", seed=21, sessions=240, clients=30, packages=8,
-                        timezone=ZONES["downtown"])  # fmt: skip
-        sim.add_account("uptown", seed=22, sessions=180, clients=25, packages=7,
-                        timezone=ZONES["uptown"])  # fmt: skip
+def multi() -> Iterator[Simulator]:
+    with two_accounts() as sim:
         yield sim
-
-
-def accounts_env(sim: Simulator, tmp_path: Path, **keys: str) -> Env:
-    """Both accounts of both vendors; `keys` replaces an account's Bizstim key."""
-    env = make_env(sim, tmp_path, bizstim=False, timetap=False)
-    env.vars.update(
-        {
-            "SOURCES__BIZSTIM__ACCOUNTS": '["downtown", "uptown"]',
-            "SOURCES__BIZSTIM__BASE_URL": sim.bizstim_url,
-            "SOURCES__TIMETAP__ACCOUNTS": '["downtown", "uptown"]',
-            "SOURCES__TIMETAP__BASE_URL": sim.timetap_url,
-            "PRACTICE_SYNC__ACCOUNT_CONCURRENCY": "2",
-        }
-    )
-    for name, account in sim.accounts.items():
-        prefix = name.upper()
-        env.vars[f"SOURCES__BIZSTIM__{prefix}__API_KEY"] = keys.get(name, account.bizstim_api_key)
-        env.vars[f"SOURCES__TIMETAP__{prefix}__API_KEY"] = account.timetap_api_key
-        env.vars[f"SOURCES__TIMETAP__{prefix}__PRIVATE_KEY"] = account.timetap_private_key
-    return env
-
-
-def expected_sessions(sim: Simulator) -> set[tuple]:
-    """(account, session_id, status, client_id, start_utc, end_utc) from the simulator's rows."""
-    statuses = {"0": "open", "1": "canceled", "2": "missed", "3": "saved"}
-    out = set()
-    for name, account in sim.accounts.items():
-        zone = ZoneInfo(ZONES[name])
-        for row in account.bizstim.rows():
-            day = date.fromisoformat(row["session_date"])
-            start = time.fromisoformat(row["session_start_time"])
-            end = time.fromisoformat(row["session_end_time"])
-            local_start = datetime.combine(day, start)
-            local_end = datetime.combine(day + timedelta(days=end < start), end)
-            out.add(
-                (
-                    name, int(row["id"]), statuses[row["session_status"]], int(row["client_id"]),
-                    local_start.replace(tzinfo=zone).astimezone(UTC),
-                    local_end.replace(tzinfo=zone).astimezone(UTC),
-                )
-            )  # fmt: skip
-    return out
 
 
 def loaded_sessions(env: Env) -> set[tuple]:

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -225,3 +225,62 @@ def test_status_names_a_failed_last_run_and_a_source_that_never_succeeded(
         con.execute("create table analytics.sessions as select * from s.analytics.sessions")
     result = env.run("status", "--database", str(old))
     assert result.code == 2 and "has no run history yet" in result.stderr
+
+
+def test_a_publish_destination_is_judged_by_its_own_last_success(env: Env, tmp_path: Path) -> None:
+    """Dashboards on the server are as old as its last successful publish, whatever the sources
+    did: a failed (exit 10) or skipped publish (the rebuild failed) does not make it fresh."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    hours = {"A": 30, "B": 2, "C": 1}  # three runs, this many hours ago
+    runs = {  # source -> outcome, exit code, error, in each run
+        "A": [("bizstim", "ok", 0, None), ("analytics", "ok", 0, None),
+              ("publish.postgres", "ok", 0, None)],
+        "B": [("bizstim", "ok", 0, None), ("analytics", "ok", 0, None),
+              ("publish.postgres", "failed", 10, "The analytics tables were rebuilt but could "
+               "not be published to postgres (server down); …")],
+        "C": [("bizstim", "ok", 0, None), ("analytics", "failed", 7, "The analytics tables "
+               "could not be rebuilt (…)."),
+              ("publish.postgres", "skipped", 0, "Not published to postgres: the analytics "
+               "tables could not be rebuilt, so it keeps its last complete state.")],
+    }  # fmt: skip
+    history = tmp_path / "history.duckdb"
+    with contextlib.closing(duckdb.connect(str(history))) as con:
+        con.execute(HISTORY_DDL)
+        for run, rows in runs.items():
+            at = now - timedelta(hours=hours[run])
+            for source, outcome, code, error in rows:
+                sent = (
+                    (5, None, 2, 40) if source.startswith("publish") and code == 0 else (None,) * 4
+                )
+                con.execute(
+                    "insert into ops.run_history values (?, ?, ?, ?, 1.5, ?, ?, null, null, "
+                    "?, ?, ?, ?, null, ?)",
+                    [run, source, at - timedelta(minutes=5), at, outcome, code, *sent, error],
+                )
+    result = env.run("status", "--database", str(history), "--max-age", "26h")
+    assert result.code == STALE_EXIT, result.stderr
+    assert table_row(result.stdout, "publish.postgres")[1:4] == [
+        "STALE", (now - timedelta(hours=30)).strftime("%Y-%m-%d %H:%M:%S"), "1d 6h"
+    ]  # fmt: skip
+    assert (
+        table_row(result.stdout, "bizstim")[1] == table_row(result.stdout, "analytics")[1] == "ok"
+    )
+    assert table_row(result.stdout, "publish.postgres")[-1] == "skipped"
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("! ")]
+    assert [line.split(":")[0] for line in warnings] == ["! analytics", "! publish.postgres"]
+    assert warnings[1].endswith("skipped: " + runs["C"][2][3])
+
+    code, document = status_json(env, "--database", str(history), "--max-age", "26h")
+    assert code == STALE_EXIT and document["stale"] is True
+    sources = by_source(document)
+    assert list(sources) == ["bizstim", "analytics", "publish.postgres"]
+    destination = sources["publish.postgres"]
+    assert {k: destination[k] for k in ("kind", "configured", "stale", "last_outcome")} == {
+        "kind": "destination", "configured": True, "stale": True, "last_outcome": "skipped"
+    }  # fmt: skip
+    assert {n: destination[n] for n in COUNTS} == {
+        "rows_new": 5, "rows_changed": None, "rows_retired": 2, "rows_current": 40
+    }  # fmt: skip
+    assert destination["open_issues"] is None and 30 * 3600 <= destination["age_s"] < 31 * 3600
+    assert [s["stale"] for s in document["sources"]] == [False, False, True]
+    assert env.run("status", "--database", str(history), "--max-age", "31h").code == 0
