@@ -438,6 +438,11 @@ class Bizstim:
         with self._lock:
             return [self._row(index) for index in range(len(self._rows))]
 
+    def cached(self) -> tuple[int, int]:
+        """(pages, bytes) of rendered pages held now: what the page cache or file costs."""
+        with self._lock:
+            return len(self._pages), self._pages.size
+
     def edit(self, session_id: str, **fields: str) -> None:
         if "id" in fields:
             raise ValueError("a session's id cannot change; delete and add instead")
