@@ -106,6 +106,7 @@ def _serve(conn: Connection, options: dict[str, Any]) -> None:
                 for account in [None, *sim.accounts.values()]:
                     for start in page_starts(_total(sim, account)):
                         _get_page(sim, start, PAGE_SIZE, account)
+                    (account or sim).bizstim.flush_pages()
                 conn.send(time.perf_counter() - t0)
             elif command == "night":
                 conn.send(sim.bizstim.night_of_changes(**args[0]))

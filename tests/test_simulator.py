@@ -327,6 +327,7 @@ def test_bizstim_page_file_keeps_every_page_out_of_memory(tmp_path):
         bodies = [biz(sim, f"/sessions/{start}/1000").content for start in starts]
         assert bodies == [biz(plain, f"/sessions/{start}/1000").content for start in starts]
         assert sim.bizstim.cached() == (4, sum(map(len, bodies)))
+        sim.bizstim.flush_pages()  # on disk now; still served from the file
         assert [biz(sim, f"/sessions/{start}/1000").content for start in starts] == bodies
         sim.bizstim.delete(sim.bizstim.rows()[0]["id"])
         assert sim.bizstim.cached() == (0, 0)
