@@ -13,6 +13,9 @@ Scenarios, each at every `--latencies` value (the simulator sleeps that long bef
   4. `practice-sync transform` alone on the largest warehouse, next to a bare CREATE TABLE AS
   5. publishing `analytics` to PostgreSQL (`practice_sync.publish`) from the largest warehouse:
      the first publish into an empty database, then a night of changes (`--no-publish` skips it)
+  6. many Bizstim accounts in one run (`--accounts`)
+  7. peak RSS at `--rss-size` sessions (5,000,000): the first full sync alone, no latency, next
+     to the same run at the largest `--sizes` (`--only-rss` runs just these first syncs)
 
 `--quick` is the CI smoke test (small sizes, no timing assertion). See benchmarks/README.md.
 """
@@ -166,6 +169,7 @@ S3 = "3 re-run, night of changes"
 S4 = "4 transforms alone"
 S5 = "5 publish to PostgreSQL"
 S6 = "6 many accounts, first sync"
+S7 = "7 peak RSS, first full sync"
 PG_SERVER = "postgresql://postgres:bench@127.0.0.1:5432/postgres"  # or PRACTICE_SYNC_BENCH_POSTGRES
 
 
@@ -221,10 +225,7 @@ def bizstim_size(size: int, args: argparse.Namespace, work: Path, results: Resul
         pages = len(page_starts(sim.total_sessions()))
         log(f"  generated in {sim.info.generate_s:.1f} s; {pages:,} pages of 1000 per sweep")
         warm = sim.warm()
-        results.notes.append(
-            f"Bizstim {size:,}: simulator generated the data in {sim.info.generate_s:.1f} s and "
-            f"pre-rendered all {pages:,} sweep pages in {warm:.1f} s before any measurement."
-        )
+        results.notes.append(simulator_note(size, sim, pages, warm))
         houses = {lat: work / f"bizstim-{size}-lat{lat:g}" for lat in args.latencies}
         floors: dict[float, Floor] = {}
         for scenario in (S1, S2, S3):
@@ -271,6 +272,48 @@ def bizstim_size(size: int, args: argparse.Namespace, work: Path, results: Resul
             transforms_alone(size, houses[args.latencies[0]], sim, args, results)
             if args.publish:
                 publish_scenario(size, houses[args.latencies[0]], sim, args, results)
+
+
+def simulator_note(size: int, sim: SimulatorProcess, pages: int, warm_s: float) -> str:
+    assert sim.info is not None
+    rss, peak = sim.memory_mib()
+    return (
+        f"Bizstim {size:,}: simulator generated the data in {sim.info.generate_s:.1f} s and "
+        f"pre-rendered all {pages:,} sweep pages in {warm_s:.1f} s (into a page file) before any "
+        f"measurement; simulator RSS {rss:,.0f} MiB (peak {peak:,.0f})."
+    )
+
+
+def first_sync_only(
+    size: int, scenario: str, args: argparse.Namespace, work: Path, results: Results
+) -> None:
+    """One first full sync at no latency with its floor: scenario 7 at `--rss-size`, and with
+    `--only-rss` the same run at each `--sizes` (as scenario 1) for the peak RSS next to it."""
+    log(f"{scenario}: Bizstim {size:,} sessions, no latency (simulator in its own process)")
+    with SimulatorProcess(sessions=size, clients=1, seed=args.seed) as sim:
+        assert sim.info is not None
+        rows = sim.total_sessions()
+        pages = len(page_starts(rows))
+        log(f"  generated in {sim.info.generate_s:.1f} s; {pages:,} pages of 1000 per sweep")
+        warm = sim.warm()
+        results.notes.append(simulator_note(size, sim, pages, warm))
+        log(f"  {results.notes[-1]}")
+        sim.set_latency(0)
+        floor = measure_floor(sim, "bizstim", args.concurrency, work)
+        log(
+            f"  floor: download {floor.result.download_s:.2f} s + read_json {floor.result.read_json_s:.2f} s"
+        )
+        house = work / f"bizstim-{size}-first"
+        env = pipeline_env(house, sim, args.concurrency)
+        log(f"  {scenario}: practice-sync run --source bizstim ...")
+        run = run_cli(["run", "--quiet", "--source", "bizstim"], env, sim, house / "log-7.txt")
+        row = Row(scenario, "bizstim", size, 0.0, rows, run, floor)
+        results.rows.append(row)
+        log(describe(row))
+        if run.exit_code:
+            log("  output:\n" + run.output[-2000:])
+    if not args.keep:
+        shutil.rmtree(house, ignore_errors=True)  # 5,000,000 sessions leave gigabytes behind
 
 
 def ctas_seconds(database: Path) -> tuple[float, int]:
@@ -617,6 +660,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[Target]:
             )
         else:
             out.append(Target("peak RSS growth between sizes", "one size only", "≤ 1.3×", None))
+    out.extend(rss_targets(results, args))
     transform = results.find(S4, "transforms", big, None)
     if transform is not None:
         ratio_target("transforms vs bare CREATE TABLE AS", transform, 3.0)
@@ -629,6 +673,36 @@ def targets(results: Results, args: argparse.Namespace) -> list[Target]:
             out.append(Target(name, f"{many.ratio:.2f}×", "≤ 1.25×", many.ratio <= 1.25))
         mib = many.run.peak_rss_kib / 1024
         out.append(Target(f"peak RSS, {name}", f"{mib:,.0f} MiB", "≤ 1 GiB", mib <= 1024))
+    return out
+
+
+def _short(sessions: int) -> str:
+    for unit, name in ((1_000_000, "M"), (1_000, "k")):
+        if sessions % unit == 0:
+            return f"{sessions // unit}{name}"
+    return f"{sessions:,}"
+
+
+def rss_targets(results: Results, args: argparse.Namespace) -> list[Target]:
+    """Scenario 7: peak RSS at `--rss-size` ≤ 1 GiB and ≤ 1.15× the same run (first full sync,
+    no latency) at the largest `--sizes`: the pipeline's memory must not follow the data."""
+    size, big = args.rss_size, max(args.sizes)
+    if not size:
+        return []
+    at = results.find(S7, "bizstim", size, 0.0) or results.find(S1, "bizstim", size, 0.0)
+    base = results.find(S1, "bizstim", big, 0.0)
+    if at is None or at.run.exit_code:
+        name = f"peak RSS at {size:,} sessions"
+        return [Target(name, "not measured" if at is None else "failed", "≤ 1 GiB", None)]
+    mib = at.run.peak_rss_kib / 1024
+    out = [Target(f"peak RSS at {size:,} sessions", f"{mib:,.0f} MiB", "≤ 1 GiB", mib <= 1024)]
+    name = f"peak RSS {_short(size)} vs {_short(big)} (first full sync, no latency)"
+    if base is None or base.run.exit_code:
+        out.append(Target(name, "not measured" if base is None else "failed", "≤ 1.15×", None))
+    else:
+        growth = at.run.peak_rss_kib / base.run.peak_rss_kib
+        value = f"{growth:.2f}× ({mib:,.0f} vs {base.run.peak_rss_kib / 1024:,.0f} MiB)"
+        out.append(Target(name, value, "≤ 1.15×", growth <= 1.15))
     return out
 
 
@@ -663,9 +737,10 @@ def render(results: Results, args: argparse.Namespace, command: str, header: lis
         "ratio = pipeline wall / floor. A re-run with no change fetches the same pages, so its "
         "floor is the one measured for scenario 1 at that latency.",
         "- the simulator runs in its own process and pre-renders every page before anything is "
-        "timed (again after the night of changes), so both the floor and the pipeline read a warm "
-        "cache. Its CPU seconds during each measurement are in the last column: far below the "
-        "wall time means it was idle most of the time, not the bottleneck.",
+        "timed (again after the night of changes) into a temporary page file, so both the floor "
+        "and the pipeline read pre-rendered bytes (one pread a page) while the simulator holds "
+        "only its compact rows. Its CPU seconds during each measurement are in the last column: "
+        "far below the wall time means it was idle most of the time, not the bottleneck.",
         "",
         *(f"- {note}" for note in results.notes),
     ]
@@ -695,6 +770,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--only-accounts", action="store_true", help="run scenario 6 alone")
     parser.add_argument(
+        "--rss-size", type=int, help="scenario 7: sessions (5000000; --quick 10000; 0 skips)"
+    )
+    parser.add_argument(
+        "--only-rss",
+        action="store_true",
+        help="only the first full syncs at no latency at --sizes and --rss-size (peak RSS)",
+    )
+    parser.add_argument(
         "--no-publish",
         dest="publish",
         action="store_false",
@@ -709,6 +792,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = [int(s) for s in sizes.split(",") if s.strip()]
     if args.clients is None:
         args.clients = 300 if args.quick else 20_000
+    if args.rss_size is None:
+        args.rss_size = 10_000 if args.quick else 5_000_000
     args.latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
     if not args.sizes or not args.latencies or args.concurrency < 1:
         parser.error("--sizes and --latencies need at least one value; concurrency >= 1")
@@ -739,11 +824,17 @@ def main(argv: list[str] | None = None) -> int:
     header.append(f"- code under test: pipelines/ + transforms/ content hash {fingerprint}")
     with workdir(args.keep) as work:
         log(f"work dir {work}")
-        for size in sorted(args.sizes) if not args.only_accounts else []:
-            bizstim_size(size, args, work, results)
-        if args.clients > 0 and not args.only_accounts:
-            timetap(args, work, results)
-        if args.accounts > 0:
+        if args.only_rss:
+            for size in sorted({*args.sizes, args.rss_size} - {0}):
+                first_sync_only(size, S1 if size in args.sizes else S7, args, work, results)
+        elif not args.only_accounts:
+            for size in sorted(args.sizes):
+                bizstim_size(size, args, work, results)
+            if args.rss_size and args.rss_size not in args.sizes:
+                first_sync_only(args.rss_size, S7, args, work, results)
+            if args.clients > 0:
+                timetap(args, work, results)
+        if args.accounts > 0 and not args.only_rss:
             many_accounts(args, work, results)
     if code_fingerprint() != fingerprint:
         results.notes.insert(

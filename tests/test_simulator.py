@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+from array import array
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -20,6 +23,8 @@ import requests
 from conftest import spawn
 
 from practice_sync.simulator import Fault, Simulator
+from practice_sync.simulator.bizstim import FIRST_ID
+from practice_sync.simulator.rowstore import Columns, PageCache, draws
 
 BIZSTIM_KEY = "sim-bizstim-key-0000000000000000000000000"
 TIMETAP_KEY = "sim-timetap-api-key"
@@ -279,6 +284,79 @@ def test_concurrent_reads_during_mutations(fresh):
         assert all(reader.result() > 0 for reader in readers)
 
 
+def test_bizstim_serves_the_same_bytes_for_the_same_seed():
+    # sha256 prefixes of the bodies the simulator served when every row was a Python object:
+    # the compact store must keep every seed's data (and each quirk) byte for byte
+    def digest(sim: Simulator, path: str) -> str:
+        return hashlib.sha256(biz(sim, path).content).hexdigest()[:16]
+
+    with Simulator(sessions=500) as sim:
+        assert digest(sim, "/sessions/0/1000") == "db6e3420f0f192c2"
+        sim.bizstim.night_of_changes(edit=0.02, delete=0.01, new=0.01, seed=3)
+        assert digest(sim, "/sessions/0/1000") == "8d228fadf643b525"
+    with Simulator(sessions=5000, edge_cases=False) as sim:
+        assert digest(sim, "/sessions/999/1000") == "8484efb144c2aebd"
+        assert digest(sim, "/sessions/4995/1000") == "cb110cdad001e20e"
+
+
+def test_bizstim_page_cache_is_bounded_and_never_stale():
+    with Simulator(sessions=20_000, edge_cases=False, page_cache_bytes=2_000_000) as sim:
+        rows = sweep(sim)
+        pages, size = sim.bizstim.cached()
+        assert 1 <= pages <= 3 and 0 < size <= 2_000_000  # a page is ~660 kB
+        assert sweep(sim) == rows == sim.bizstim.rows()
+        last = rows[-1]["id"]
+        cached = biz(sim, "/sessions/19000/1000").json()
+        sim.bizstim.edit(last, session_note="edited after caching")
+        assert sim.bizstim.cached() == (0, 0)
+        fresh = biz(sim, "/sessions/19000/1000").json()
+        assert fresh["response"][-1]["session_note"] == "edited after caching"
+        assert fresh["response"][:-1] == cached["response"][:-1]
+    with Simulator(sessions=500, page_cache_bytes=0) as sim:
+        assert sweep(sim) == sim.bizstim.rows() and sim.bizstim.cached() == (0, 0)
+
+
+def test_bizstim_page_file_keeps_every_page_out_of_memory(tmp_path):
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    with (
+        Simulator(sessions=3000, page_file=str(folder)) as sim,
+        Simulator(sessions=3000) as plain,
+    ):
+        starts = range(0, 3000, 999)
+        bodies = [biz(sim, f"/sessions/{start}/1000").content for start in starts]
+        assert bodies == [biz(plain, f"/sessions/{start}/1000").content for start in starts]
+        assert sim.bizstim.cached() == (4, sum(map(len, bodies)))
+        sim.bizstim.flush_pages()  # on disk now; still served from the file
+        assert [biz(sim, f"/sessions/{start}/1000").content for start in starts] == bodies
+        sim.bizstim.delete(sim.bizstim.rows()[0]["id"])
+        assert sim.bizstim.cached() == (0, 0)
+        assert biz(sim, "/sessions/0/1000").json()["response"] == sim.bizstim.rows()[:1000]
+        assert list(folder.iterdir()) == []  # an unlinked file: nothing to clean up
+
+
+def test_row_store_draws_the_same_stream_and_keeps_columns_aligned():
+    stream = random.Random(5)
+    expected = [stream.getrandbits(64) for _ in range((1 << 16) + 3)]
+    drawn = random.Random(5)
+    assert [v for chunk in draws(drawn, (1 << 16) + 3) for v in chunk.to_pylist()] == expected
+    assert drawn.getrandbits(64) == stream.getrandbits(64)  # and leaves the same state
+    columns = Columns([array(code, range(10, 20)) for code, _ in Columns.TYPES])
+    columns.drop([0, 4, 5, 9])
+    assert [list(a) for a in columns.arrays] == [[11, 12, 13, 16, 17, 18]] * 5
+    columns.insert(2, 99, 7)
+    assert [columns.ids[2], columns.clients[2], columns.kinds[2], len(columns)] == [99, 0, 7, 7]
+    cache = PageCache(budget=10)
+    for key, body in (((0, 1), b"aaaa"), ((1, 1), b"bbbb"), ((0, 1), b"aaaa"), ((2, 1), b"cc")):
+        if cache.get(key) is None:
+            cache.put(key, body)
+    cache.put((3, 1), b"dddd")  # over budget: the least recently used page (1, 1) goes
+    assert [cache.get((n, 1)) for n in range(4)] == [b"aaaa", None, b"cc", b"dddd"]
+    assert (len(cache), cache.size) == (3, 10)
+    cache.put((4, 1), b"x" * 11)  # bigger than the whole budget: not kept
+    assert (len(cache), cache.size) == (3, 10)
+
+
 # -- TimeTap ------------------------------------------------------------------------------
 
 
@@ -516,11 +594,26 @@ def test_command_line_serves_until_interrupted():
 
 
 @pytest.mark.slow
-def test_million_sessions_generation_speed():
-    started = time.perf_counter()
-    sim = Simulator(sessions=1_000_000, clients=10, packages=5)
-    elapsed = time.perf_counter() - started
-    print(f"\ngenerated 1,000,000 Bizstim sessions in {elapsed:.2f} s")
+def test_five_million_sessions_generate_compactly_and_serve():
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        sim = Simulator(sessions=5_000_000, clients=10, packages=5, edge_cases=False)
+        elapsed = time.perf_counter() - started
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"\ngenerated 5,000,000 Bizstim sessions in {elapsed:.2f} s, {held / 2**20:.0f} MiB")
+    assert elapsed < 20  # ~0.3 s alone; a Python object per row took 13 s
+    assert held < 5_000_000 * 24  # 16 bytes a row, where a Python object per row took ~170
     with sim:
-        last = biz(sim, "/sessions/999000/1000").json()
-    assert last["total"] == 1_000_000 and len(last["response"]) == 1000
+        first, last = (biz(sim, f"/sessions/{start}/1000").json() for start in (0, 4_999_000))
+        assert first["total"] == last["total"] == 5_000_000
+        assert len(first["response"]) == len(last["response"]) == 1000
+        assert list(last["response"][-1]) == FIELDS
+        ids = [int(row["id"]) for row in (*first["response"], *last["response"])]
+        assert ids == sorted(ids) and ids[0] == FIRST_ID
+        changes = sim.bizstim.night_of_changes()
+        assert [len(v) for v in changes.values()] == [50_000, 5_000, 25_000]
+        after = biz(sim, "/sessions/0/1").json()
+        assert after["total"] == 5_000_000 - 5_000 + 25_000

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from .bizstim import Bizstim
+from .bizstim import PAGE_CACHE_BYTES, Bizstim
 from .faults import Fault, FaultBook, HookBook, Vendor, fault_reply
 from .reply import Reply, json_reply
 from .timetap import Timetap
@@ -62,7 +62,12 @@ class Simulator:
         edge_cases: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        page_cache_bytes: int = PAGE_CACHE_BYTES,
+        page_file: str | None = None,
     ) -> None:
+        """`page_cache_bytes` and `page_file` say where every account's rendered Bizstim pages
+        are kept (see `Bizstim`): a benchmark pre-rendering a whole sweep passes `page_file`."""
+        self._page_cache_bytes, self._page_file = page_cache_bytes, page_file
         self.bizstim_api_key = bizstim_api_key
         self.timetap_api_key = timetap_api_key
         self.timetap_private_key = timetap_private_key
@@ -72,6 +77,8 @@ class Simulator:
             timezone=timezone,
             api_key=bizstim_api_key,
             edge_cases=edge_cases,
+            page_cache_bytes=page_cache_bytes,
+            page_file=page_file,
         )
         self.timetap = Timetap(
             seed=seed,
@@ -112,7 +119,8 @@ class Simulator:
             name,
             Bizstim(
                 seed=seed, sessions=sessions, timezone=timezone, api_key=bizstim_key,
-                edge_cases=quirks,
+                edge_cases=quirks, page_cache_bytes=self._page_cache_bytes,
+                page_file=self._page_file,
             ),
             Timetap(
                 seed=seed, clients=clients, packages=packages, api_key=timetap_key,
