@@ -73,8 +73,12 @@ class RunContext:
         return self._versions[wanted]
 
     def forget_versions(self) -> None:
-        """Let go of the versions read (tens of MB at a million records) once the extract ends."""
-        self._versions.clear()
+        """Let go of the versions read (tens of MB at a million records) once the extract ends,
+        and hand Arrow's freed memory back to the system before the load and the transforms
+        (its allocator keeps it otherwise, and the run's peak is theirs)."""
+        if self._versions:
+            self._versions.clear()
+            pa.default_memory_pool().release_unused()
 
 
 # per thread: accounts of one source extract concurrently, each in its own thread (dlt runs a
