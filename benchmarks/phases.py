@@ -33,6 +33,8 @@ from sim_process import SimulatorProcess
 PEAK_RSS: dict[str, int] = defaultdict(int)  # step -> peak RSS bytes seen during it
 NIGHT = {"edit": 0.01, "delete": 0.001, "new": 0.005, "seed": 1}  # as bench.py's scenario 3
 _phase = ["(between steps)"]
+PHASE_CPU: dict[str, float] = defaultdict(float)  # step -> CPU seconds of this process
+_cpu_started: dict[str, float] = {}
 
 
 def sample_rss(stop: threading.Event, every: float = 0.02) -> None:
@@ -50,6 +52,12 @@ def sample_rss(stop: threading.Event, every: float = 0.02) -> None:
 def on_phase(event: str, name: str) -> None:
     """The product's supported profiling hook (`practice_sync.report.phase_observers`)."""
     _phase[0] = name if event == "start" else "(between steps)"
+    # CPU seconds of this process (every thread; not the parse workers or the simulator): on a
+    # shared machine they say more than wall time about what a step costs
+    if event == "start":
+        _cpu_started[name] = time.process_time()
+    else:
+        PHASE_CPU[name] += time.process_time() - _cpu_started.pop(name, time.process_time())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +143,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
 def timed_run(run: Any, job: Any, profile: bool, args: argparse.Namespace) -> None:
     """One `run(job)`, printing its wall time, each step's time and peak RSS, what it changed."""
     PEAK_RSS.clear()
+    PHASE_CPU.clear()
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
@@ -148,6 +157,8 @@ def timed_run(run: Any, job: Any, profile: bool, args: argparse.Namespace) -> No
     for name, seconds in steps.items():
         peak = f"  peak RSS {PEAK_RSS[name] / 2**20:6.0f} MiB" if name in PEAK_RSS else ""
         print(f"  {name:<12} {seconds:8.2f} s{peak}")
+    cpu = ", ".join(f"{name} {seconds:.2f}" for name, seconds in PHASE_CPU.items())
+    print(f"  CPU s of this process: {cpu}")
     print(f"  peak RSS over the whole run: {max(PEAK_RSS.values()) / 2**20:.0f} MiB")
     for table, change in sorted(report.sources[0].tables.items()):
         print(
