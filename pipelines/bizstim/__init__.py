@@ -103,6 +103,7 @@ def _sweep(
     max_confirmations: int,
     policy: _privacy.Policy,
 ) -> Generator[pa.Table, None, None]:
+    """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
     ids = yield from read_sweep(client, page_size, max(parse_processes, 0), policy)
     review = deletions.review(ids)
     yield from deletions.placeholder(review, empty_page())

@@ -139,6 +139,7 @@ def packages_sold(
 def _sweep_sold(
     clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
 ) -> Generator[Any, None, None]:
+    """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
     sweep = yield from read_packages_sold(api, clients.ids, policy)
     review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients))
     yield from deletions.placeholder(review, empty_sold())
