@@ -37,20 +37,23 @@ PHASE_CPU: dict[str, float] = defaultdict(float)  # step -> CPU seconds of this 
 _cpu_started: dict[str, float] = {}
 
 
+def charge_rss(name: str) -> None:
+    """Charge this process's RSS now to step `name`, if it is the step's highest yet."""
+    with open("/proc/self/statm") as statm:
+        rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    if rss > PEAK_RSS[name]:
+        PEAK_RSS[name] = rss
+
+
 def sample_rss(stop: threading.Event, every: float = 0.02) -> None:
     """Poll this process's RSS and charge it to the step running: which step holds the peak."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    with open("/proc/self/statm") as statm:
-        while not stop.wait(every):
-            statm.seek(0)
-            rss = int(statm.read().split()[1]) * page
-            name = _phase[0]
-            if rss > PEAK_RSS[name]:
-                PEAK_RSS[name] = rss
+    while not stop.wait(every):
+        charge_rss(_phase[0])
 
 
 def on_phase(event: str, name: str) -> None:
     """The product's supported profiling hook (`practice_sync.report.phase_observers`)."""
+    charge_rss(name)  # at both ends too: a step shorter than the sampling still has a peak
     _phase[0] = name if event == "start" else "(between steps)"
     # CPU seconds of this process (every thread; not the parse workers or the simulator): on a
     # shared machine they say more than wall time about what a step costs
@@ -156,7 +159,7 @@ def timed_run(run: Any, job: Any, profile: bool, args: argparse.Namespace) -> No
     steps = {**report.sources[0].phases, **report.phases}
     for name, seconds in steps.items():
         peak = f"  peak RSS {PEAK_RSS[name] / 2**20:6.0f} MiB" if name in PEAK_RSS else ""
-        print(f"  {name:<12} {seconds:8.2f} s{peak}")
+        print(f"  {name:<12} {seconds:8.3f} s{peak}")  # a step with nothing to do: ~0.01 s
     cpu = ", ".join(f"{name} {seconds:.2f}" for name, seconds in PHASE_CPU.items())
     print(f"  CPU s of this process: {cpu}")
     print(f"  peak RSS over the whole run: {max(PEAK_RSS.values()) / 2**20:.0f} MiB")
