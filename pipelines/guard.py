@@ -1,4 +1,5 @@
-"""The one mass-deletion guard, and the one way a record is retired, for every resource.
+"""The one mass-deletion guard, the one way a record is retired, and the one place that decides
+which rows of a sweep reach dlt at all, for every resource.
 
 Every raw table is loaded with dlt's `scd2` merge limited to the ids present in the load
 (`destination_scope`), so a record missing from a sweep is never retired by its absence alone.
@@ -8,13 +9,19 @@ retired (an API glitch answering `total: 0` must never wipe the warehouse) and t
 Otherwise each vanished id is sent as a *tombstone*: a row with only its id and `_vanished`
 set, which retires the current version (`source_filter` keeps tombstones themselves out of the
 table).
+
+A sweep reads every record again, but dlt only has work where one changed: `only_changes`
+compares each page with the row hashes of the warehouse's current versions (`_dlt_id`, read
+once per extract) and hands dlt only new and changed rows, plus the tombstones. Leaving out a
+row whose hash is current changes nothing dlt's merge would do: it inserts only hashes that are
+not current, and retires only versions of keys in the load whose hash the load does not repeat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +30,7 @@ from practice_sync import context
 from practice_sync.rows import ROW_HASH
 
 VANISHED = "_vanished"
+Returned = TypeVar("Returned")
 
 
 def scd2(key: str) -> Any:  # dlt types the write disposition narrower than it accepts
@@ -123,12 +131,100 @@ class DeletionGuard:
             flags = pa.array([True] * len(keys), pa.bool_())
             yield pa.Table.from_arrays([keys, flags, hashes], schema=schema)
 
+    def only_changes(self, items: Generator[Any, None, Returned]) -> Generator[Any, None, Returned]:
+        """`items` (a resource's whole output) without the rows whose version is current in the
+        warehouse; returns what `items` returns. The current versions are read when the first
+        item arrives, so the sweep's download goes on meanwhile. The first sync and a full
+        refresh have nothing to compare with and pass everything as it is."""
+        changes: Changes | None = None
+        try:
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration as done:
+                    if changes is not None:
+                        yield from changes.keepers()
+                    return done.value
+                if changes is None:
+                    run = context.current(self.source)
+                    changes = Changes(self.key, run.versions(self.source, self.table, self.key))
+                kept = changes.keep(item)
+                if kept is not None:
+                    yield kept
+        finally:
+            items.close()
+
     @staticmethod
     def placeholder(review: Review, empty: pa.Table) -> Iterator[pa.Table]:
         """An empty table when there is nothing at all, so that dlt still creates the raw table
         and every contract table of a configured source exists (empty) after the run."""
         if review.held == 0 and review.seen == 0:
             yield empty
+
+
+@dataclass
+class Changes:
+    """Which rows of one table's sweep dlt needs: those whose row hash is not a current one."""
+
+    key: str
+    held: context.CurrentVersions
+    matched: pa.Array = field(init=False)  # per held version: a left-out row repeated it
+    passed_keys: list[pa.Array] = field(default_factory=list)
+    passed_rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.matched = pa.nulls(len(self.held.hashes), pa.bool_()).fill_null(False)
+
+    def keep(self, item: Any) -> Any | None:
+        """`item` without its unchanged rows (None when none is left). Tombstones, items for
+        other tables (marked with hints) and rows without a key always pass: dlt's merge
+        retires a keyless current row whenever a load of its table does not repeat it."""
+        if not isinstance(item, pa.Table) or not len(self.held.hashes):
+            return item
+        names = item.column_names
+        if not item.num_rows or VANISHED in names or ROW_HASH not in names or self.key not in names:
+            return self._passed(item)
+        hashes = item[ROW_HASH].combine_chunks()
+        # the held hashes (up to millions) are probed against the page's (thousands): Arrow
+        # builds its hash table from the value set, so this way round a page costs one scan
+        repeated = pc.is_in(self.held.hashes, value_set=hashes)
+        self.matched = pc.or_(self.matched, repeated)
+        current = pc.is_in(hashes, value_set=self.held.hashes.filter(repeated))
+        unchanged = pc.and_(current, pc.is_valid(item[self.key]))
+        fresh = item.filter(pc.invert(unchanged))
+        return self._passed(fresh) if fresh.num_rows else None
+
+    def _passed(self, table: pa.Table) -> pa.Table:
+        self.passed_rows += table.num_rows
+        if table.num_rows and self.key in table.column_names:
+            keys = table[self.key].combine_chunks().cast(pa.string())
+            self.passed_keys.append(pc.drop_null(keys))
+        return table
+
+    def keepers(self) -> Iterator[pa.Table]:
+        """After the sweep, a row of key and current hash for each current version that a
+        left-out row repeated while another row of its key reached dlt (a record listed twice,
+        one copy changed): the merge then keeps that version, as it would have with every row.
+        dlt never inserts such a row, its hash being current. Likewise one such row when
+        nothing else reached dlt but keyless current rows exist, so that their table's merge
+        runs as it would have. Neither happens on a normal night."""
+        if self.passed_keys:
+            passed = pa.chunked_array(self.passed_keys, pa.string()).combine_chunks()
+            both = pc.and_(self.matched, pc.is_in(self.held.keys, value_set=passed))
+            rows = pc.indices_nonzero(both)
+        elif self.held.keyless and not self.passed_rows and pc.any(self.matched).as_py():
+            rows = pa.array([pc.index(self.matched, True).as_py()], pa.int64())
+        else:
+            return
+        if len(rows):
+            schema = pa.schema(
+                [
+                    pa.field(self.key, pa.string()),
+                    pa.field(ROW_HASH, pa.string(), nullable=False),  # as rows_to_table has it
+                ]
+            )
+            columns = [self.held.keys.take(rows), self.held.hashes.take(rows)]
+            yield pa.Table.from_arrays(columns, schema=schema)
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -455,18 +455,24 @@ def _privacy_policy(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
 def _run_context(load: AccountLoad, job: Job, report: SourceReport) -> context.RunContext:
     """What the account's resources see: the guard reads the account's own dataset, whatever
     dataset name the resource asks for; a full refresh compares with nothing (its tables are
-    replaced when the new load lands)."""
-    reader = context.RunContext(report).read_current
+    replaced when the new load lands), so every row reaches dlt. Both are read during the
+    extract: after a left-over load was finished and a changed privacy policy rewrote history."""
+    quiet = context.RunContext(report)
+    reader, versions = quiet.read_current, quiet.read_versions
     if not job.full_refresh:
 
         def reader(dataset: str, table: str, columns: Sequence[str], condition: str) -> Any:
             return warehouse.current_rows(job.database, load.dataset, table, columns, condition)
+
+        def versions(dataset: str, table: str, key: str) -> context.CurrentVersions:
+            return warehouse.current_versions(job.database, load.dataset, table, key)
 
     return context.RunContext(
         report,
         allow_deletions=job.allow_deletions,
         show_progress=job.show_progress,
         read_current=reader,
+        read_versions=versions,
     )
 
 

@@ -5,8 +5,9 @@ A key is made in Bizstim under Settings > System > API Settings (trial and Enter
 it is sent as the `x-api-key` header. Returns one resource, `sessions`, landing in dataset
 `bizstim` with every value as delivered (text) plus the account `timezone` of its response.
 
-Bizstim has no modified-since filter, so every run sweeps all sessions and dlt's `scd2` merge
-writes only what changed. A session missing from the listing is looked up with
+Bizstim has no modified-since filter, so every run sweeps all sessions; only those whose row
+hash is not the warehouse's current one reach dlt (`practice_sync.guard.only_changes`), and its
+`scd2` merge writes them as new versions. A session missing from the listing is looked up with
 `GET /session/{id}` (at most `max_confirmations` per run, concurrently): one that still answers
 was dropped by a listing glitch and stays current with the values it returned; only one that
 Bizstim confirms gone is retired, and only if the deletion guard (`practice_sync.guard`) permits.
@@ -18,7 +19,7 @@ page before dlt sees it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import dlt
 import pyarrow as pa
@@ -84,13 +85,28 @@ def sessions(
     policy: _privacy.Policy,
 ) -> Iterator[pa.Table]:
     """Every session, read in one consistent sweep; then each vanished session is looked up by
-    id, and only those Bizstim confirms gone are retired (if the guard permits)."""
+    id, and only those Bizstim confirms gone are retired (if the guard permits). Only sessions
+    new or changed since the warehouse's current version reach dlt."""
     try:
-        ids = yield from read_sweep(client, page_size, max(parse_processes, 0), policy)
-        review = deletions.review(ids)
-        yield from deletions.placeholder(review, empty_page())
-        gone = yield from confirm_vanished(client, review.vanished, max_confirmations, policy)
-        if deletions.permit(review, confirmed_gone=len(gone)):
-            yield from deletions.tombstones(gone)
+        yield from deletions.only_changes(
+            _sweep(client, page_size, parse_processes, deletions, max_confirmations, policy)
+        )
     finally:
         client.close()
+
+
+def _sweep(
+    client: HttpClient,
+    page_size: int,
+    parse_processes: int,
+    deletions: guard.DeletionGuard,
+    max_confirmations: int,
+    policy: _privacy.Policy,
+) -> Generator[pa.Table, None, None]:
+    """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
+    ids = yield from read_sweep(client, page_size, max(parse_processes, 0), policy)
+    review = deletions.review(ids)
+    yield from deletions.placeholder(review, empty_page())
+    gone = yield from confirm_vanished(client, review.vanished, max_confirmations, policy)
+    if deletions.permit(review, confirmed_gone=len(gone)):
+        yield from deletions.tombstones(gone)

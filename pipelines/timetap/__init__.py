@@ -13,6 +13,9 @@ used to sign the session-token request. Returns two resources landing in dataset
   every run sweeps all clients concurrently and dlt's `scd2` merge keeps the history of used
   quantities and statuses.
 
+Of both, only rows whose row hash is not the warehouse's current one reach dlt
+(`practice_sync.guard.only_changes`).
+
 Vanished records of both are retired by the deletion guard (`practice_sync.guard`).
 `privacy` ({"drop": [...], "hash": [...]}, see `practice_sync.privacy`) is applied to both
 tables' rows before dlt sees them (`client.<key>` names a key of the embedded client object).
@@ -20,7 +23,8 @@ tables' rows before dlt sees them (`client.<key>` names a key of the embedded cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
 
 import dlt
 import pyarrow as pa
@@ -110,7 +114,7 @@ def packages(
     api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
 ) -> Iterator[pa.Table]:
     """New and changed active packages, then the vanished ones as TimeTap now has them."""
-    yield from read_packages(api, deletions, policy)
+    yield from deletions.only_changes(read_packages(api, deletions, policy))
 
 
 @dlt.resource(name="client_ids", selected=False)
@@ -127,7 +131,15 @@ def timetap_clients(api: TimeTapApi, configured: Sequence[int] | None) -> Iterat
 def packages_sold(
     clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
 ) -> Iterator[pa.Table]:
-    """Every client's packages sold, fetched concurrently, then tombstones for vanished ones."""
+    """Every client's packages sold, fetched concurrently, then tombstones for vanished ones;
+    only those new or changed since the warehouse's current version reach dlt."""
+    yield from deletions.only_changes(_sweep_sold(clients, api, deletions, policy))
+
+
+def _sweep_sold(
+    clients: ClientList, api: TimeTapApi, deletions: guard.DeletionGuard, policy: _privacy.Policy
+) -> Generator[Any, None, None]:
+    """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
     sweep = yield from read_packages_sold(api, clients.ids, policy)
     review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients))
     yield from deletions.placeholder(review, empty_sold())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -122,7 +122,7 @@ _MISSING = object()
 
 def read_packages(
     api: TimeTapApi, deletions: guard.DeletionGuard, policy: Policy | None = None
-) -> Iterator[pa.Table]:
+) -> Generator[pa.Table, None, None]:
     """Listed packages whose modifiedDate differs from the warehouse's, then the vanished ones
     (as far as the guard permits) as new inactive versions."""
     run = context.current("timetap")

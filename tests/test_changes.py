@@ -1,0 +1,317 @@
+"""Only new and changed rows reach dlt: each sweep is compared with the row hashes of the
+warehouse's current versions (`guard.only_changes`), and the result must be exactly what dlt's
+scd2 merge makes of the whole sweep.
+
+The proof is in three parts: the filter itself; a differential test loading the same nights
+through dlt with and without it, edge cases included (a record listed twice, rows without an
+id, a record with two current versions); and real runs, where what dlt staged is read from
+dlt's own trace of the run and from the warehouse's `_dlt_loads`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import dlt
+import duckdb
+import pyarrow as pa
+import pytest
+from conftest import Env, make_env
+
+from practice_sync import context, guard, warehouse
+from practice_sync.failpoints import ENV
+from practice_sync.report import SourceReport
+from practice_sync.rows import ROW_HASH, rows_to_table, text_columns
+from practice_sync.simulator import Simulator
+
+FIELDS = ["id", "v"]
+
+
+def page(*rows: tuple[str | None, str]) -> pa.Table:
+    return rows_to_table([{"id": i, "v": v} for i, v in rows], FIELDS, entity="thing")
+
+
+def hash_of(row_id: str | None, value: str) -> str:
+    return page((row_id, value))[ROW_HASH][0].as_py()
+
+
+def held(*rows: tuple[str, str], keyless: int = 0) -> context.CurrentVersions:
+    return context.CurrentVersions(
+        keys=pa.array([i for i, _ in rows], pa.string()),
+        hashes=pa.array([hash_of(i, v) for i, v in rows], pa.string()),
+        keyless=keyless,
+    )
+
+
+def things_guard() -> guard.DeletionGuard:
+    return guard.DeletionGuard("things", "Things", "things", "id", "things")
+
+
+def filtered(items: list[Any], versions: context.CurrentVersions) -> tuple[list[Any], Any]:
+    """What `only_changes` hands on from `items` against `versions`, and what it returned."""
+
+    def source() -> Generator[Any, None, str]:
+        yield from items
+        return "done"
+
+    run = context.RunContext(SourceReport("things"), read_versions=lambda *_: versions)
+    out: list[Any] = []
+    with context.running("things", run):
+        wrapped = things_guard().only_changes(source())
+        while True:
+            try:
+                out.append(next(wrapped))
+            except StopIteration as stop:
+                return out, stop.value
+
+
+def rows_of(items: list[Any]) -> list[tuple[str | None, str | None]]:
+    return [
+        (r["id"], r.get("v"))
+        for item in items
+        if isinstance(item, pa.Table)
+        for r in item.to_pylist()
+    ]
+
+
+def test_unchanged_rows_are_left_out_and_everything_else_passes() -> None:
+    versions = held(("1", "a"), ("2", "b"), ("3", "c"))
+    tombstone = next(things_guard().tombstones(pa.array(["3"])))
+    other_table = dlt.mark.with_hints(page(("9", "z")), dlt.mark.make_hints(table_name="other"))
+    items = [page(("1", "a"), ("2", "B"), ("4", "d")), page(("1", "a")), tombstone, other_table]
+    out, returned = filtered(items, versions)
+    assert returned == "done"
+    assert rows_of(out[:1]) == [("2", "B"), ("4", "d")]  # changed and new; unchanged 1 left out
+    assert out[1] is tombstone and out[2] is other_table  # a page left with nothing is not sent
+    assert len(out) == 3
+
+
+def test_the_first_sync_passes_every_item_as_it_is() -> None:
+    items = [page(("1", "a")), page(("2", "b"))]
+    out, returned = filtered(items, context.CurrentVersions())
+    assert returned == "done"
+    assert all(a is b for a, b in zip(out, items, strict=True))
+
+
+def test_rows_without_an_id_always_pass() -> None:
+    out, _ = filtered([page((None, "x"), ("1", "a"))], held(("1", "a"), keyless=1))
+    assert rows_of(out) == [(None, "x")]
+
+
+def test_a_record_listed_twice_keeps_its_current_version_when_one_copy_changed() -> None:
+    out, _ = filtered(
+        [page(("1", "a"), ("2", "b")), page(("1", "A"))], held(("1", "a"), ("2", "b"))
+    )
+    assert rows_of(out[:1]) == [("1", "A")]
+    keeper = out[1].to_pylist()
+    assert keeper == [{"id": "1", ROW_HASH: hash_of("1", "a")}]  # its hash is current: no insert
+
+
+def test_keyless_current_rows_still_get_their_merge_when_nothing_changed() -> None:
+    out, _ = filtered([page(("1", "a"))], held(("1", "a"), keyless=1))
+    assert [t.to_pylist() for t in out] == [[{"id": "1", ROW_HASH: hash_of("1", "a")}]]
+    out, _ = filtered([page(("1", "a"))], held(("1", "a")))
+    assert out == []  # no keyless rows: nothing at all reaches dlt
+
+
+def test_closing_the_filter_closes_the_sweep_it_wraps() -> None:
+    closed: list[bool] = []
+
+    def sweep() -> Generator[pa.Table, None, None]:
+        try:
+            yield page(("1", "b"))
+            yield page(("2", "b"))
+        finally:
+            closed.append(True)
+
+    run = context.RunContext(SourceReport("things"), read_versions=lambda *_: held(("1", "a")))
+    with context.running("things", run):
+        wrapped = things_guard().only_changes(sweep())
+        next(wrapped)
+        wrapped.close()
+    assert closed == [True]
+
+
+def test_current_versions_leave_out_keys_with_several_current_versions(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create schema s")
+        con.execute(
+            "create table s.t as select * from (values "
+            "('1', 'h1', null), ('1', 'h0', '2026-01-01'::timestamptz), "  # one current version
+            "('2', 'h2', null), ('2', 'h2b', null), "  # two current versions: left out
+            "(null, 'hn', null), (null, 'ho', '2026-01-01'::timestamptz)"  # one current keyless
+            ") as v(id, _dlt_id, _dlt_valid_to)"
+        )
+        con.execute("create table s.before_accounts as select * from s.t")
+        con.execute("alter table s.t add column account varchar default 'default'")
+    found = warehouse.current_versions(database, "s", "t", "id")
+    assert found.keys.to_pylist() == ["1"] and found.hashes.to_pylist() == ["h1"]
+    assert found.keyless == 1
+    nothing = context.CurrentVersions()
+    assert warehouse.current_versions(database, "s", "missing", "id") == nothing
+    # loaded before accounts existed: the upgrade night hands dlt every row, as it always did
+    assert warehouse.current_versions(database, "s", "before_accounts", "id") == nothing
+
+
+# -- the same nights through dlt, with and without the filter ------------------------------------
+
+
+@dlt.resource(
+    name="things",
+    write_disposition=guard.scd2("id"),
+    columns=guard.columns("id", text_columns(FIELDS)),
+)
+def things(night: list[pa.Table], vanished: list[str], only_changes: bool) -> Iterator[pa.Table]:
+    def sweep() -> Generator[pa.Table, None, None]:
+        yield from night
+        yield from things_guard().tombstones(pa.array(vanished, pa.string()))
+
+    yield from things_guard().only_changes(sweep()) if only_changes else sweep()
+
+
+def load(where: Path, night: list[pa.Table], vanished: list[str], only_changes: bool) -> int:
+    """Load one night into the warehouse at `where`; returns the rows dlt staged."""
+    database = where / "w.duckdb"
+    pipeline = dlt.pipeline(
+        pipeline_name="things",
+        pipelines_dir=str(where / "state"),
+        destination=dlt.destinations.duckdb(str(database)),
+        dataset_name="things",
+    )
+    versions = lambda _, table, key: warehouse.current_versions(database, "things", table, key)  # noqa: E731
+    run = context.RunContext(SourceReport("things"), read_versions=versions)
+    with context.running("things", run):
+        pipeline.extract(things(night, vanished, only_changes), loader_file_format="parquet")
+    staged = pipeline.normalize().row_counts.get("things", 0)
+    pipeline.load()
+    return staged
+
+
+def versions_in(where: Path) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(where / "w.duckdb"), read_only=True) as con:
+        return con.execute(
+            "select id, v, _dlt_id, _dlt_valid_to is null from things.things order by all"
+        ).fetchall()
+
+
+NIGHTS: list[tuple[list[pa.Table], list[str]]] = [
+    # the first sync: one row without an id, two pages
+    ([page(("1", "a"), ("2", "b"), ("3", "c")), page(("4", "d"), (None, "k"))], []),
+    # a night: 2 edited, 3 deleted (tombstone), 5 new, 1 and 4 and the keyless row unchanged
+    ([page(("1", "a"), ("2", "B"), ("4", "d")), page(("5", "e"), (None, "k"))], ["3"]),
+    # nothing changed but the keyless row vanished: dlt's merge retires it
+    ([page(("1", "a"), ("2", "B"), ("4", "d"), ("5", "e"))], []),
+    # 1 listed twice, one copy changed: both versions current afterwards, as with every row
+    ([page(("1", "a"), ("2", "B")), page(("1", "A"), ("4", "d"), ("5", "e"))], []),
+    # 1 listed once again: its other current version is retired
+    ([page(("1", "a"), ("2", "B"), ("4", "d"), ("5", "e"))], []),
+    # nothing changed at all
+    ([page(("1", "a"), ("2", "B"), ("4", "d"), ("5", "e"))], []),
+]
+
+
+def test_every_night_lands_exactly_as_it_does_when_dlt_sees_every_row(tmp_path: Path) -> None:
+    whole, changes = tmp_path / "whole", tmp_path / "changes"
+    staged: list[int] = []
+    for night, vanished in NIGHTS:
+        load(whole, night, vanished, only_changes=False)
+        staged.append(load(changes, night, vanished, only_changes=True))
+        assert versions_in(changes) == versions_in(whole)
+    # the first sync; 2, 5, the keyless row and 3's tombstone; a keeper (the keyless row vanished);
+    # 1A and the keeper of 1a; 1a (1 had two current versions); nothing
+    assert staged == [5, 4, 1, 2, 1, 0]
+    assert ("5", "e", hash_of("5", "e"), True) in versions_in(changes)
+
+
+# -- real runs ------------------------------------------------------------------------------------
+
+
+def staged_rows(env: Env, source: str) -> dict[str, int]:
+    """Rows of each raw table dlt normalized in the last run's final load (dlt's own trace)."""
+    pipeline = dlt.attach(
+        f"practice_sync_{source}",
+        pipelines_dir=str(env.database.parent / ".practice_sync" / env.database.stem),
+    )
+    info = pipeline.last_trace.last_normalize_info
+    assert info is not None
+    return {table: n for table, n in info.row_counts.items() if not table.startswith("_dlt")}
+
+
+def loads(env: Env, dataset: str) -> int:
+    return env.query(f"select count(*) from {dataset}._dlt_loads")[0][0]
+
+
+def test_a_rerun_without_changes_hands_dlt_no_row(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run").code == 0
+    before = loads(env, "bizstim")
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    assert staged_rows(env, "bizstim") == {}
+    assert loads(env, "bizstim") == before  # no load package at all
+    assert staged_rows(env, "timetap") == {"fetch_problems": 0}  # replaced every run
+    assert "bizstim.sessions: 0 new, 0 changed, 0 retired, 600 current" in result.stdout
+
+
+def test_a_night_of_changes_hands_dlt_exactly_the_changes(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run").code == 0
+    night = sim.bizstim.night_of_changes(edit=0.05, delete=0.02, new=0.03, seed=5)
+    edited, deleted, added = night["edited"], night["deleted"], night["added"]
+    sale = next(s for s in sim.timetap.packages_sold() if s["usedQuantity"] < s["maxQuantity"])
+    sim.timetap.use_package(sale["packageSoldId"])
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    # the edited and new sessions, and one tombstone per deleted one
+    assert staged_rows(env, "bizstim") == {"sessions": len(edited) + len(added) + len(deleted)}
+    assert staged_rows(env, "timetap") == {"packages_sold": 1, "fetch_problems": 0}
+    expect = f"bizstim.sessions: {len(added)} new, {len(edited)} changed, {len(deleted)} retired"
+    assert expect in result.stdout
+    assert "timetap.packages_sold: 0 new, 1 changed, 0 retired" in result.stdout
+    current = env.query("select id from bizstim.sessions where _dlt_valid_to is null")
+    assert sorted(r[0] for r in current) == sorted(r["id"] for r in sim.bizstim.rows())
+
+
+def test_a_full_refresh_compares_with_nothing(sim: Simulator, env: Env, first_run) -> None:
+    assert first_run("run", "--source", "bizstim").code == 0
+    result = env.run("run", "--source", "bizstim", "--full-refresh")
+    assert result.code == 0, result.stderr
+    assert staged_rows(env, "bizstim") == {"sessions": 600}
+
+
+def test_a_left_over_load_is_finished_before_the_comparison(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run", "--source", "bizstim").code == 0
+    night = sim.bizstim.night_of_changes(edit=0.05, delete=0.0, new=0.02, seed=6)
+    env.vars[ENV] = "after-extract"
+    assert env.run("run", "--source", "bizstim").code < 0  # killed with the night extracted
+    del env.vars[ENV]
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert "finished a load left over from an interrupted run" in result.stdout
+    assert staged_rows(env, "bizstim") == {}  # tonight's sweep matches what that load wrote
+    current = env.query("select id from bizstim.sessions where _dlt_valid_to is null")
+    assert sorted(r[0] for r in current) == sorted(r["id"] for r in sim.bizstim.rows())
+    edited = env.query(
+        "select count(*) from bizstim.sessions where id in (select unnest(?))", [night["edited"]]
+    )
+    assert edited == [(2 * len(night["edited"]),)]  # each edited session: two versions, once
+
+
+@pytest.mark.parametrize("policy", [{"drop": ["session_private_note"]}, {"hash": ["session_note"]}])
+def test_a_changed_privacy_policy_compares_like_with_like(
+    sim: Simulator, tmp_path: Path, policy: dict[str, list[str]]
+) -> None:
+    env = make_env(sim, tmp_path, timetap=False)
+    assert env.run("run").code == 0
+    env.vars["SOURCES__BIZSTIM__PRIVACY"] = json.dumps(policy)
+    env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = "test-salt-3b9d0c7e1a5f4d2b8c6e"
+    result = env.run("run")
+    assert result.code == 0, result.stderr
+    assert "rows of bizstim.sessions rewritten" in result.stdout + result.stderr
+    assert staged_rows(env, "bizstim") == {}  # the rewritten hashes are what the extractor makes
