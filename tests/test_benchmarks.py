@@ -57,7 +57,12 @@ def test_bench_measures_peak_rss_at_a_larger_size_beside_the_first_sync(tmp_path
     )
     assert growth is not None and (int(growth[2]), int(growth[3])) == (big, small)
     assert abs(float(growth[1]) - big / small) < 0.02
-    assert growth[4] == ("PASS" if float(growth[1]) <= 1.15 else "MISS")
+    # the verdict is taken on the unrounded ratio: within the printed rounding of the limit
+    # (1.145-1.155 both print 1.15) either verdict is right
+    if abs(float(growth[1]) - 1.15) > 0.006:
+        assert growth[4] == ("PASS" if float(growth[1]) <= 1.15 else "MISS")
+    else:
+        assert growth[4] in ("PASS", "MISS")
     assert re.search(r"Bizstim 6,000: simulator generated .* simulator RSS \d+ MiB", text)
 
 
