@@ -27,9 +27,23 @@ def send(process: subprocess.Popen, sig: int, where: str) -> None:
     if where == "process":
         process.send_signal(sig)
         return
-    others = sorted(int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid)
-    assert others, "the process has no thread besides its main one"
-    assert _libc.tgkill(process.pid, others[-1], sig) == 0, ctypes.get_errno()
+    tasks = f"/proc/{process.pid}/task"
+    others = sorted(int(t) for t in os.listdir(tasks) if int(t) != process.pid)
+    # as the kernel picks for a process-directed signal: a thread that does not block it
+    # (pyarrow's jemalloc background thread blocks every signal; one sent to it would wait there)
+    takers = [tid for tid in others if not _blocks(f"{tasks}/{tid}/status", sig)]
+    assert takers, "the process has no thread besides its main one that takes the signal"
+    assert _libc.tgkill(process.pid, takers[-1], sig) == 0, ctypes.get_errno()
+
+
+def _blocks(status: str, sig: int) -> bool:
+    """Whether the thread whose /proc status file this is blocks `sig`."""
+    try:
+        with open(status) as lines:
+            mask = next(line for line in lines if line.startswith("SigBlk:")).split()[1]
+    except (OSError, StopIteration):
+        return True  # the thread is gone: not one to send to
+    return bool(int(mask, 16) >> (sig - 1) & 1)
 
 
 def _ignore_sigint() -> None:
