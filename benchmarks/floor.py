@@ -45,10 +45,12 @@ class FloorResult:
     requests: int
     bytes: int
     rows: int
+    confirm_s: float = 0.0  # one GET per vanished session after the sweep (see bizstim_floor)
+    confirmations: int = 0
 
     @property
     def seconds(self) -> float:
-        return self.download_s + self.read_json_s
+        return self.download_s + self.confirm_s + self.read_json_s
 
 
 class _Fetcher:
@@ -61,14 +63,14 @@ class _Fetcher:
         self.headers = headers
         self._local = threading.local()
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
+    def get(self, path: str, headers: dict[str, str] | None = None, ok: int = 200) -> bytes:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         conn.request("GET", self.prefix + path, headers={**self.headers, **(headers or {})})
         response = conn.getresponse()
         body = response.read()
-        if response.status != 200:
+        if response.status not in (200, ok):
             raise RuntimeError(f"floor fetch of {path} answered HTTP {response.status}")
         return body
 
@@ -118,17 +120,36 @@ def _read_json(database: Path, sql: str) -> tuple[int, float]:
 
 
 def bizstim_floor(
-    base_url: str, api_key: str, concurrency: int, folder: str, total: int
+    base_url: str,
+    api_key: str,
+    concurrency: int,
+    folder: str,
+    total: int,
+    vanished: Sequence[str] = (),
 ) -> FloorResult:
-    """The pipeline's exact page URLs (overlapping by one row), fetched and bulk-loaded."""
+    """The pipeline's exact page URLs (overlapping by one row), fetched and bulk-loaded; then,
+    as the product must before retiring a session (README: How it works), one `GET
+    /session/{id}` per session gone from the listing, with the same concurrency, only once the
+    sweep has ended (before that no one knows which sessions are missing)."""
     work = Path(folder)
     pages = work / "pages"
     pages.mkdir(parents=True)
     fetcher = _Fetcher(base_url, {"x-api-key": api_key, "Accept": "application/json"})
     paths = [f"/sessions/{start}/{PAGE_SIZE}" for start in page_starts(total)]
     nbytes, download_s = _download(fetcher.get, paths, pages, concurrency)
+    confirm_s = 0.0
+    if vanished:
+        answers = work / "confirmations"
+        answers.mkdir()
+        lookups = [f"/session/{session_id}" for session_id in vanished]
+        _, confirm_s = _download(
+            lambda path: fetcher.get(path, ok=404), lookups, answers, concurrency
+        )
     rows, read_s = _read_session_pages(pages, work / "floor.duckdb")
-    return FloorResult(download_s, read_s, len(paths), nbytes, rows)
+    return FloorResult(
+        download_s, read_s, len(paths), nbytes, rows, confirm_s=confirm_s,
+        confirmations=len(vanished),
+    )  # fmt: skip
 
 
 def _read_session_pages(pages: Path, database: Path) -> tuple[int, float]:

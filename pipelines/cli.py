@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "transform", parents=[common], help="rebuild analytics from loaded data"
     )
     transform_cmd.add_argument("--database", help=DATABASE_HELP)
+    transform_cmd.add_argument(
+        "--full-rebuild",
+        action="store_true",
+        help="rebuild every analytics table from all raw rows instead of only what changed",
+    )
 
     sql = commands.add_parser(
         "sql", parents=[common], help="run one read-only query on the serving file, print it"
@@ -225,7 +230,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         report, code = run(job)
         return _finish(report, code)
     if args.command == "transform":
-        report, code = transform(database_from_config(args.database))
+        report, code = transform(database_from_config(args.database), args.full_rebuild)
         return _finish(report, code)
     if args.command == "status":
         from practice_sync import status

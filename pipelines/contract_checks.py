@@ -44,7 +44,8 @@ def built_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str,
     """(column, DuckDB type) of `analytics.<table>` in column order."""
     rows = con.execute(
         "select column_name, data_type from duckdb_columns() "
-        "where schema_name = 'analytics' and table_name = ? order by column_index",
+        "where database_name = current_database() and schema_name = 'analytics' "
+        "and table_name = ? order by column_index",
         [table],
     ).fetchall()
     return [(str(name), str(type_)) for name, type_ in rows]
@@ -98,18 +99,21 @@ def apply_comments(con: duckdb.DuckDBPyConnection, table: Table) -> None:
         )
 
 
-def _key_failures(con: duckdb.DuckDBPyConnection, table: Table) -> int:
-    """Rows whose key is duplicated, plus rows with a NULL in the key unless `key_nulls` allows."""
+def _key_failures(con: duckdb.DuckDBPyConnection, table: Table, only: str = "true") -> int:
+    """Rows whose key is duplicated, plus rows with a NULL in the key unless `key_nulls` allows;
+    among the rows `only` selects (an incremental build checks the keys it wrote)."""
     key = ", ".join(map(_ident, table.key))
     known = " and ".join(f"{_ident(c)} is not null" for c in table.key)
     source = f"analytics.{_ident(table.name)}"
     duplicates = con.execute(
         f"select coalesce(sum(n), 0) from (select count(*) as n from {source} "
-        f"where {known} group by {key} having count(*) > 1)"
+        f"where {known} and {only} group by {key} having count(*) > 1)"
     ).fetchall()[0][0]
     nulls = 0
     if not table.key_nulls:
-        nulls = con.execute(f"select count(*) from {source} where not ({known})").fetchall()[0][0]
+        nulls = con.execute(
+            f"select count(*) from {source} where not ({known}) and {only}"
+        ).fetchall()[0][0]
     return int(duplicates) + int(nulls)
 
 
@@ -157,7 +161,13 @@ def problem(test: DataTest) -> str:
 
 def _report(con: duckdb.DuckDBPyConnection, table: Table, test: DataTest, where: str) -> None:
     """One data_issues row per failing record: record_id is the key without `account`, which
-    has its own column there (NULL for a table without one)."""
+    has its own column there (NULL for a table without one). The test's earlier findings go
+    first: an incremental build keeps data_issues, and a finding may depend on another table."""
+    con.execute(
+        "delete from analytics.data_issues where source = ? and entity = ? and field = ? "
+        "and problem = ?",
+        [table.source, table.entity, test.column, problem(test)],
+    )
     ids = [c for c in table.key if c != ACCOUNT]
     record = (
         "concat_ws(':', " + ", ".join(f"cast(t.{_ident(c)} as varchar)" for c in ids) + ")"
@@ -174,12 +184,20 @@ def _report(con: duckdb.DuckDBPyConnection, table: Table, test: DataTest, where:
 
 
 def run_data_tests(
-    con: duckdb.DuckDBPyConnection, contract: Mapping[str, Table], built: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    contract: Mapping[str, Table],
+    built: Sequence[str],
+    updated: Mapping[str, str] | None = None,
 ) -> None:
-    """Fatal tests first (the first failure raises), then the reported ones write data issues."""
+    """Fatal tests first (the first failure raises), then the reported ones write data issues.
+
+    `updated`: tables an incremental build changed only in part, with the SQL condition that
+    selects the rows it wrote; their fatal tests look at those rows (the others passed before).
+    Reported tests run on whole tables: a relationship breaks when the other table changes."""
     tables = [contract[name] for name in built if name in contract]
     for table in tables:
-        if table.key and (failed := _key_failures(con, table)):
+        only = (updated or {}).get(table.name, "true")
+        if table.key and (failed := _key_failures(con, table, only)):
             nulls = "" if table.key_nulls else " or NULL"
             raise TransformFailed(
                 f"analytics.{table.name} failed its key test on {', '.join(table.key)} in "
@@ -190,7 +208,7 @@ def run_data_tests(
             if not test.fatal or where is None:
                 continue
             failed = con.execute(
-                f"select count(*) from analytics.{_ident(table.name)} t where {where}"
+                f"select count(*) from analytics.{_ident(table.name)} t where {where} and {only}"
             ).fetchall()[0][0]
             if failed:
                 raise TransformFailed(
@@ -205,12 +223,17 @@ def run_data_tests(
 
 
 def check_build(
-    con: duckdb.DuckDBPyConnection, contract: Mapping[str, Table], built: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    contract: Mapping[str, Table],
+    built: Sequence[str],
+    updated: Mapping[str, str] | None = None,
 ) -> None:
-    """Drift, comments and data tests for the tables of this build (no-op without a contract)."""
+    """Drift, comments and data tests for the tables of this build (no-op without a contract).
+    A table updated in part (`updated`, see run_data_tests) kept its comments."""
     if not contract:
         return
     check_drift(con, contract, built)
     for name in built:
-        apply_comments(con, contract[name])
-    run_data_tests(con, contract, built)
+        if name not in (updated or {}):
+            apply_comments(con, contract[name])
+    run_data_tests(con, contract, built, updated)

@@ -234,7 +234,7 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
         mine = [load for load in loads if load.spec.name == source]
         codes += _load_accounts(mine, job, report)
     try:
-        _transform_into(job.database, report)
+        _transform_into(job.database, report, "--full-refresh" if job.full_refresh else None)
     except TransformFailed as exc:
         report.transform_error = str(exc)
         codes.append(exc.exit_code)
@@ -346,9 +346,9 @@ def _serve_and_publish(
     return code
 
 
-def transform(database: Path) -> tuple[RunReport, ExitCode]:
-    """Rebuild analytics from the raw data already loaded, without calling any API, and
-    publish and record it as a run's end does (`_close`)."""
+def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, ExitCode]:
+    """Build analytics from the raw data already loaded, without calling any API (in full with
+    `full_rebuild`), and publish and record it as a run's end does (`_close`)."""
     report = RunReport(database=database)
     warehouse.check_writable(database)
     if not database.exists():
@@ -359,7 +359,7 @@ def transform(database: Path) -> tuple[RunReport, ExitCode]:
     code = ExitCode.OK
     with warehouse.lock(database):
         try:
-            _transform_into(database, report)
+            _transform_into(database, report, "--full-rebuild" if full_rebuild else None)
         except TransformFailed as exc:
             report.transform_error = str(exc)
             code = exc.exit_code
@@ -521,10 +521,12 @@ def _explain(exc: Exception, load: AccountLoad, job: Job) -> PracticeSyncError |
     return None
 
 
-def _transform_into(database: Path, report: RunReport) -> None:
-    """Rebuild `analytics` in one transaction (a failure keeps yesterday's tables)."""
+def _transform_into(database: Path, report: RunReport, full: str | None = None) -> None:
+    """Build `analytics` in one transaction (a failure keeps yesterday's tables): incrementally
+    where it can, in full when `full` says why (incremental.py)."""
     from practice_sync.contract import ContractError
-    from practice_sync.transform import TransformOrderError, run_transforms
+    from practice_sync.incremental import IncrementalError
+    from practice_sync.transform import TransformOrderError, build_analytics
 
     if not database.exists():
         return
@@ -532,8 +534,9 @@ def _transform_into(database: Path, report: RunReport) -> None:
     with connection as con:
         try:
             with phase(report.phases, "transforms"):
-                report.analytics = run_transforms(con)
-        except (duckdb.Error, TransformOrderError, ContractError) as exc:
+                build = build_analytics(con, full=full)
+            report.analytics, report.analytics_build = build.counts, build.summary
+        except (duckdb.Error, TransformOrderError, ContractError, IncrementalError) as exc:
             raise TransformFailed(
                 "The analytics tables could not be rebuilt and were kept as they were "
                 f"({first_line(exc)})."

@@ -125,6 +125,7 @@ class RunReport:
     issues_by_source: dict[str, int] = field(default_factory=dict)
     sources: list[SourceReport] = field(default_factory=list)
     analytics: dict[str, int] = field(default_factory=dict)
+    analytics_build: str | None = None  # "incremental (…)" or "full (why)": transform.Build
     data_issues: int | None = None
     transform_error: str | None = None
     destinations: list[DestinationReport] = field(default_factory=list)  # in publishing order
@@ -170,6 +171,8 @@ class RunReport:
         elif self.analytics:
             tables = ", ".join(f"{name} {rows:,}" for name, rows in sorted(self.analytics.items()))
             lines.append(f"analytics: {tables}")
+            if self.analytics_build:
+                lines.append(f"analytics build: {self.analytics_build}")
         if self.data_issues is not None:
             lines.append(f"data issues: {self.data_issues:,} (see analytics.data_issues)")
         if self.database is not None:
@@ -189,6 +192,7 @@ class RunReport:
             "run_id": self.run_id,
             "duration_s": round(self.seconds, 3),
             "analytics": dict(self.analytics),
+            "analytics_build": self.analytics_build,
             "data_issues": self.data_issues,
             "warehouse": str(self.database) if self.database else None,
             "serving_file": str(self.serving) if self.serving else None,

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import duckdb
 
-from practice_sync import accounts, interrupt
-from practice_sync.contract import load_contract
+from practice_sync import accounts, incremental, interrupt
+from practice_sync.contract import Table, load_contract
 from practice_sync.contract_checks import check_build
 from practice_sync.failpoints import failpoint
 
@@ -47,7 +47,13 @@ TRANSFORMS_DIR: Path = Path(str(files("practice_sync.transforms")))
 _FOLDERS = (".", "staging", "marts")  # "." holds the setup files
 _REQUIRES = re.compile(r"^--\s*requires:\s*(.+)$", re.IGNORECASE)
 _DEPENDS_ON = re.compile(r"^--\s*depends_on:\s*(.+)$", re.IGNORECASE)
+_INCREMENTAL_BY = re.compile(r"^--\s*incremental_by:\s*(.+)$", re.IGNORECASE)
+_INCREMENTAL_IF = re.compile(r"^--\s*incremental_if:\s*(.+)$", re.IGNORECASE)
+_INCREMENTAL_KEY = re.compile(r"^--\s*incremental_key:\s*(.+)$", re.IGNORECASE)
 _LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*\n?|/\*.*?\*/))*\s*", re.DOTALL)
+_REPLACES = re.compile(
+    r"^\s*create\s+or\s+replace\s+table\s+analytics\.\"?(\w+)", re.IGNORECASE | re.MULTILINE
+)
 _BUILDS = re.compile(
     r"^(?:create\s+(?:or\s+replace\s+)?table|insert\s+into)\s+analytics\.\"?(\w+)",
     re.IGNORECASE,
@@ -69,6 +75,9 @@ class Transform:
     is_setup: bool
     requires: tuple[str, ...]
     depends_on: tuple[str, ...]
+    incremental_by: str | None = None  # see incremental.py
+    incremental_if: str | None = None
+    incremental_key: tuple[str, ...] = ()
 
 
 def _header_values(sql: str, pattern: re.Pattern[str]) -> list[str]:
@@ -89,6 +98,20 @@ def _header_values(sql: str, pattern: re.Pattern[str]) -> list[str]:
 def required_tables(sql: str) -> list[str]:
     """Raw tables named in the `-- requires:` lines of the file's leading comment block."""
     return _header_values(sql, _REQUIRES)
+
+
+def _header_text(sql: str, pattern: re.Pattern[str]) -> str | None:
+    """The whole value of the `pattern` lines of the leading comment block, joined by spaces."""
+    parts = []
+    for line in sql.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("--"):
+            break
+        if match := pattern.match(line):
+            parts.append(match.group(1).strip())
+    return " ".join(parts) or None
 
 
 def model_dependencies(sql: str) -> list[str]:
@@ -119,6 +142,9 @@ def load_transforms(transforms_dir: Path) -> list[Transform]:
                     is_setup=folder == ".",
                     requires=tuple(required_tables(sql)),
                     depends_on=tuple(model_dependencies(sql)),
+                    incremental_by=_header_text(sql, _INCREMENTAL_BY),
+                    incremental_if=_header_text(sql, _INCREMENTAL_IF),
+                    incremental_key=tuple(_header_values(sql, _INCREMENTAL_KEY)),
                 )
             )
     return transforms
@@ -199,8 +225,9 @@ def raw_view(qualified_name: str) -> str:
 def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]:
     """One TEMP view per required raw table over every account's dataset, with `account`
     (the account's name: 'default' for the dataset named after the source). Fivetran's shape:
-    one union model with an account column, never a copy of each model per account. Returns
-    the required tables that exist in at least one account's dataset."""
+    one union model with an account column, never a copy of each model per account. Each view
+    is made twice, as `raw_…` (what the models read; an incremental build narrows it) and
+    `all_raw_…`. Returns the required tables that exist in at least one account's dataset."""
     found: set[str] = set()
     for qualified in sorted(required):
         source, _, table = qualified.rpartition(".")
@@ -223,19 +250,54 @@ def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]
             parts.append(f'select {column} as account, {star} from "{schema}"."{table}"')
         if parts:
             union = "\nunion all by name\n".join(parts)
-            con.execute(f'create or replace temp view "{raw_view(qualified)}" as {union}')
+            for view in (raw_view(qualified), "all_" + raw_view(qualified)):
+                con.execute(f'create or replace temp view "{view}" as {union}')
             found.add(qualified)
     return found
 
 
-def _run_file(con: duckdb.DuckDBPyConnection, transform: Transform, built: list[str]) -> None:
-    """Run one file statement by statement, adding the analytics tables it writes to `built`."""
+@dataclass
+class Build:
+    """What one build did: row counts of the tables it wrote, and how (see incremental.py)."""
+
+    counts: dict[str, int]
+    decisions: list[incremental.Decision]
+
+    @property
+    def summary(self) -> str:
+        """'incremental (bizstim.sessions: 16,000 records changed)' or 'full (first build)'."""
+        if not self.decisions:
+            return "full"
+        if all(d.incremental for d in self.decisions):
+            changed = ", ".join(
+                f"{d.family.raw}: {d.changed:,} records changed" for d in self.decisions
+            )
+            return f"incremental ({changed})"
+        reasons = "; ".join(
+            f"{d.family.raw}: {d.reason}" for d in self.decisions if not d.incremental
+        )
+        return f"full ({reasons})"
+
+
+def _run_file(
+    con: duckdb.DuckDBPyConnection,
+    transform: Transform,
+    built: list[str],
+    decision: incremental.Decision | None,
+    partial: bool,
+) -> None:
+    """Run one file statement by statement (rewritten where the build is incremental, see
+    incremental.py), adding the analytics tables it writes to `built`."""
     try:
         # DuckDB's own parser splits the file, so ';' inside strings or comments is safe.
         for statement in con.extract_statements(transform.sql):
             interrupt.check()
-            con.execute(statement.query)
-            match = _BUILDS.match(_LEADING_COMMENTS.sub("", statement.query, count=1))
+            query = _LEADING_COMMENTS.sub("", statement.query, count=1).rstrip().rstrip(";")
+            if decision is not None and decision.incremental and transform.incremental_key:
+                incremental.make_keys(con, decision)
+            for part in incremental.rewrite(query, decision, transform.name, partial):
+                con.execute(part)
+            match = _BUILDS.match(query)
             if match and match.group(1) not in built:
                 built.append(match.group(1))
                 failpoint("mid-transform")
@@ -244,25 +306,61 @@ def _run_file(con: duckdb.DuckDBPyConnection, transform: Transform, built: list[
         raise
 
 
-def _run_all(con: duckdb.DuckDBPyConnection, plan: Sequence[Transform]) -> list[str]:
-    """Run the plan in order, skipping files whose raw tables or dependencies are missing."""
+def _run_all(
+    con: duckdb.DuckDBPyConnection, plan: Sequence[Transform], full: str | None
+) -> tuple[list[str], list[incremental.Decision], tuple[str, str]]:
+    """Run the plan in order, skipping files whose raw tables or dependencies are missing;
+    incrementally for each family whose records allow it (incremental.py)."""
     built: list[str] = []
     skipped: set[str] = set()
     present = _union_views(con, {table for transform in plan for table in transform.requires})
+    folder = plan[0].path.parent if plan else TRANSFORMS_DIR
+    current = (
+        incremental.fingerprint(((t.label, t.sql) for t in plan), _marts_dir(plan, folder)),
+        ",".join(sorted(present)),
+    )
+    found = incremental.families(plan)
+    decisions = incremental.decide(
+        con, found, present, incremental.last_build(con), current, full
+    )
+    partial = any(d.incremental for d in decisions)  # data_issues is kept, not made anew
+    by_model = {name: d for d in decisions for name in d.family.members}
+    setup = [transform for transform in plan if transform.is_setup]
+    for transform in setup:
+        _run_file(con, transform, built, None, partial)
+    for decision in decisions:
+        if decision.incremental:
+            incremental.check_added(con, decision)
+            incremental.limit_raw(con, decision)
     for transform in plan:
+        if transform.is_setup:
+            continue
         if any(name in skipped for name in transform.depends_on) or not all(
             table in present for table in transform.requires
         ):
             skipped.add(transform.name)
             continue
-        _run_file(con, transform, built)
-    return built
+        _run_file(con, transform, built, by_model.get(transform.name), partial)
+    return built, decisions, current
+
+
+def _marts_dir(plan: Sequence[Transform], folder: Path) -> Path:
+    marts = [t.path.parent for t in plan if t.label.startswith("marts/")]
+    return marts[0] if marts else folder / "marts"
 
 
 def run_transforms(
     con: duckdb.DuckDBPyConnection, transforms_dir: Path | None = None
 ) -> dict[str, int]:
-    """Rebuild the analytics schema on `con`; return {analytics table: row count} for tables built.
+    """Build the analytics schema on `con` (see `build_analytics`); return {table: rows}."""
+    return build_analytics(con, transforms_dir).counts
+
+
+def build_analytics(
+    con: duckdb.DuckDBPyConnection, transforms_dir: Path | None = None, full: str | None = None
+) -> Build:
+    """Build the analytics schema on `con`: incrementally where the last build's state allows
+    (incremental.py), else in full (`full` says why one is asked for, e.g. a full refresh).
 
     `transforms_dir` defaults to TRANSFORMS_DIR (tests point it at a copy). The files are ordered
     before the transaction starts, so a bad dependency changes nothing. Any error while running
@@ -272,11 +370,32 @@ def run_transforms(
     folder = transforms_dir or TRANSFORMS_DIR
     plan = order_transforms(load_transforms(folder))
     contract = load_contract(folder / "marts")
+    try:
+        return _build(con, plan, contract, full)
+    except incremental.Restart as restart:
+        return _build(con, plan, contract, str(restart))
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    plan: Sequence[Transform],
+    contract: Mapping[str, Table],
+    full: str | None,
+) -> Build:
+    """One build in one transaction (see build_analytics)."""
     con.execute("begin transaction")
     try:
-        built = _run_all(con, plan)
+        built, decisions, current = _run_all(con, plan, full)
         interrupt.check()
-        check_build(con, contract, built)
+        updated = {
+            table: d.restrict(d.family.keys[model])
+            for d in decisions
+            if d.incremental
+            for model in d.family.keys
+            for table in _tables_of(plan, model)
+        }
+        check_build(con, contract, built, updated)
+        incremental.save(con, decisions, current)
         counts = {
             table: con.execute(f'select count(*) from analytics."{table}"').fetchall()[0][0]
             for table in built
@@ -288,4 +407,10 @@ def run_transforms(
         except duckdb.Error:
             pass  # the original error is the one worth seeing
         raise
-    return counts
+    return Build(counts, decisions)
+
+
+def _tables_of(plan: Sequence[Transform], model: str) -> list[str]:
+    """The analytics tables a model's file replaces (`create or replace table analytics.x`)."""
+    sql = next(t.sql for t in plan if t.name == model)
+    return _REPLACES.findall(sql)

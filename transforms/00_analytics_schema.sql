@@ -1,6 +1,8 @@
 -- Setup: the analytics schema and an empty data_issues table.
--- data_issues is rebuilt from scratch on every run; the marts/data_issues__*.sql files of the
--- sources that are present append to it, so it never keeps rows of a source that is gone.
+-- data_issues is made anew by every full build; the marts/data_issues__*.sql files of the
+-- sources that are present first delete their own rows, then append, so it never keeps rows of a
+-- source that is gone. An incremental build (pipelines/incremental.py) keeps the table (this
+-- statement becomes `create table if not exists`) and replaces the changed records' rows.
 --
 -- analytics.data_issues: one row per problem found in a CURRENT raw record.
 --   source     VARCHAR  'bizstim' or 'timetap'

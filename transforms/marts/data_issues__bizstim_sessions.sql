@@ -1,8 +1,11 @@
 -- depends_on: stg_bizstim__sessions, stg_bizstim__sessions__cancel_clients
+-- incremental_key: record_id
 --
--- Appends the problems of current Bizstim sessions to analytics.data_issues (created empty by
+-- Replaces the problems of current Bizstim sessions in analytics.data_issues (see
 -- 00_analytics_schema.sql): typing problems and the extractor's _ingest_issues, then malformed
--- cancellation entries.
+-- cancellation entries. An incremental build limits the delete to the changed sessions.
+
+delete from analytics.data_issues where source = 'bizstim' and entity = 'session';
 
 insert into analytics.data_issues
 

@@ -4,6 +4,8 @@
 -- answered 404) to analytics.data_issues: the other clients loaded, and this client's earlier
 -- sales were kept rather than retired on a 404's word.
 
+delete from analytics.data_issues where source = 'timetap' and entity = 'client';
+
 insert into analytics.data_issues
 
 with source as (

@@ -5,6 +5,8 @@
 -- analytics.data_issues: typing problems, the extractor's _ingest_issues, then unreadable
 -- service_ids and reason_list entries.
 
+delete from analytics.data_issues where source = 'timetap' and entity = 'package';
+
 insert into analytics.data_issues
 
 with package_issues as (

@@ -3,6 +3,8 @@
 -- Appends the problems of current TimeTap packages sold to analytics.data_issues: typing
 -- problems (including more used than included) and the extractor's _ingest_issues.
 
+delete from analytics.data_issues where source = 'timetap' and entity = 'package_sold';
+
 insert into analytics.data_issues
 
 with package_sold_issues as (

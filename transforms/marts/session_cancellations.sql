@@ -1,4 +1,5 @@
 -- depends_on: stg_bizstim__sessions__cancel_clients
+-- incremental_key: session_id
 --
 -- analytics.session_cancellations: one row per client who cancelled from a current session
 -- (one entry of cancel_clients).

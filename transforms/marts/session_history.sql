@@ -1,4 +1,5 @@
 -- depends_on: stg_bizstim__sessions
+-- incremental_key: session_id
 --
 -- analytics.session_history: every version of every session the pipeline has seen (dlt scd2).
 --

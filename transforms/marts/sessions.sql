@@ -1,4 +1,5 @@
 -- depends_on: stg_bizstim__sessions
+-- incremental_key: session_id
 --
 -- analytics.sessions: one row per session as it is now (the current scd2 version; should two
 -- current versions share an id, the latest valid_from wins). Unreadable values are NULL here and

@@ -1,4 +1,6 @@
 -- requires: bizstim.sessions
+-- incremental_by: id
+-- incremental_if: id = cast(parse_int(id) as varchar)
 --
 -- Bizstim sessions, renamed and typed: every scd2 version of every session (marts pick current
 -- rows via is_current). Each row carries `issues`, the problems met while typing it; only those of

@@ -1,0 +1,303 @@
+"""Incremental analytics (pipelines/incremental.py): a night's build updates the records that
+changed, and its tables equal a full rebuild's, row for row; wherever an incremental build could
+be wrong, the build is full and says why.
+
+The unit part builds raw tables by hand (tests/transform_fixtures.py) on a real DuckDB; the end
+of the file runs the real CLI against the simulator for several nights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from transform_fixtures import LOAD_2, packages, sessions
+
+from practice_sync import incremental
+from practice_sync.errors import TransformFailed
+from practice_sync.transform import TRANSFORMS_DIR, Build, build_analytics
+
+
+def tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every analytics table's rows, sorted (an incremental build appends, so order differs)."""
+    names = [
+        name
+        for (name,) in con.execute(
+            "select table_name from duckdb_tables() where schema_name = 'analytics' order by 1"
+        ).fetchall()
+    ]
+    return {
+        name: con.execute(f"select * from analytics.{name} order by all").fetchall()
+        for name in names
+    }
+
+
+def comments(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "select table_name, column_name, comment from duckdb_columns() "
+        "where schema_name = 'analytics' order by all"
+    ).fetchall()
+
+
+def equals_full_rebuild(con: duckdb.DuckDBPyConnection, build: Build) -> None:
+    """The tables `build` left equal those a full rebuild makes of the same raw rows."""
+    after, notes = tables(con), comments(con)
+    full = build_analytics(con, full="test")
+    assert not any(d.incremental for d in full.decisions)
+    assert tables(con) == after
+    assert comments(con) == notes
+    assert full.counts == build.counts
+
+
+def session(id_: str, **values: Any) -> dict[str, Any]:
+    return {"id": id_, "_dlt_id": f"{id_}-{values.pop('version', 1)}", **values}
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    sessions(
+        connection,
+        session("1", cancel_clients="76|2328|479889,49|2329|479895"),
+        session("2", session_status="9"),  # a data issue
+        session(
+            "3", session_date="2024-03-10", session_start_time="02:30", timezone="America/New_York"
+        ),
+        session("4"),
+        session("5", cancel_clients="7|8|0"),
+        *(session(str(100 + n)) for n in range(30)),  # the rest of the warehouse
+    )
+    packages(connection, {"package_id": "10"})
+    first = build_analytics(connection)
+    assert [(d.family.raw, d.incremental, d.reason) for d in first.decisions] == [
+        ("bizstim.sessions", False, "first build")
+    ]
+    return connection
+
+
+def retire(con: duckdb.DuckDBPyConnection, id_: str) -> None:
+    con.execute(
+        "update bizstim.sessions set _dlt_valid_to = ? where id = ? and _dlt_valid_to is null",
+        [LOAD_2, id_],
+    )
+
+
+def a_night(con: duckdb.DuckDBPyConnection) -> None:
+    """Edited (1: its cancellations cleared; 2: its bad status fixed), deleted (4), new (6)."""
+    for id_ in ("1", "2", "4"):
+        retire(con, id_)
+    second = {"_dlt_load_id": "2", "_dlt_valid_from": LOAD_2, "version": 2}
+    sessions(
+        con,
+        session("1", cancel_clients="", **second),
+        session("2", session_status="1", **second),
+        session("6", cancel_clients="1|2|3", _dlt_load_id="2", _dlt_valid_from=LOAD_2),
+    )
+
+
+def test_a_night_updates_only_the_changed_sessions_and_equals_a_full_rebuild(con) -> None:
+    before = tables(con)
+    a_night(con)
+    build = build_analytics(con)
+    [decision] = build.decisions
+    assert decision.incremental and decision.changed == 4  # sessions 1, 2, 4 and 6
+    assert build.summary == "incremental (bizstim.sessions: 4 records changed)"
+    after = tables(con)
+    assert after != before
+    ids = {row[0] for row in after["sessions"]}
+    assert ids == {1, 2, 3, 5, 6, *range(100, 130)}
+    # session 1 lost its cancellations, 6 gained one, 5 kept its own
+    assert sorted((r[0], r[2]) for r in after["session_cancellations"]) == [(5, 7), (6, 1)]
+    # session 2's status problem is gone with its new version; 3's row stays as it was
+    assert [r[2] for r in after["data_issues"]] == []
+    history = {(r[0], r[1]): r for r in after["session_history"]}
+    assert history[(4, 1)][-2] is True  # is_deleted
+    assert history[(1, 2)][-3] is True and history[(1, 1)][-3] is False  # is_current
+    equals_full_rebuild(con, build)
+
+
+def test_a_night_without_changes_changes_nothing(con) -> None:
+    before = tables(con)
+    build = build_analytics(con)
+    assert build.summary == "incremental (bizstim.sessions: 0 records changed)"
+    assert tables(con) == before
+
+
+def test_several_nights_in_a_row_stay_equal_to_full_rebuilds(con) -> None:
+    a_night(con)
+    equals_full_rebuild(con, build_analytics(con))
+    for night in range(3, 6):
+        retire(con, "3")
+        moment = LOAD_2 + timedelta(days=night)
+        sessions(
+            con,
+            session("3", session_note=f"night {night}", _dlt_load_id=str(night),
+                    _dlt_valid_from=moment, version=night),
+            session(str(10 + night), _dlt_load_id=str(night), _dlt_valid_from=moment),
+        )  # fmt: skip
+        build = build_analytics(con)
+        assert build.decisions[0].incremental and build.decisions[0].changed == 2
+        equals_full_rebuild(con, build)
+
+
+def test_a_non_canonical_id_makes_the_family_build_in_full(con) -> None:
+    sessions(con, session("012"), session(" 7 "))
+    build = build_analytics(con)
+    assert (
+        build.summary
+        == "full (bizstim.sessions: 2 new raw rows of bizstim.sessions fail incremental_if)"
+    )
+    equals_full_rebuild(con, build)
+    # the state remembers them: every later night is full too, until they are gone
+    sessions(con, session("8", _dlt_load_id="2"))
+    assert build_analytics(con).summary == "full (bizstim.sessions: 2 raw rows fail incremental_if)"
+
+
+def test_a_session_gone_from_the_raw_table_makes_the_build_full(con) -> None:
+    con.execute("delete from bizstim.sessions where id = '4'")
+    build = build_analytics(con)
+    assert build.summary == "full (bizstim.sessions: 1 records vanished from the raw table)"
+    assert 4 not in {row[0] for row in tables(con)["sessions"]}
+
+
+def test_a_row_copied_twice_makes_the_build_full(con) -> None:
+    con.execute("insert into bizstim.sessions select * from bizstim.sessions where id = '5'")
+    build = build_analytics(con)
+    assert build.summary == "full (bizstim.sessions: raw rows were copied or removed)"
+
+
+def test_changed_transforms_make_the_build_full(con, tmp_path: Path) -> None:
+    folder = tmp_path / "transforms"
+    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    mart = folder / "marts" / "sessions.sql"
+    mart.write_text(mart.read_text() + "\n")
+    build = build_analytics(con, folder)
+    assert (
+        build.summary == "full (bizstim.sessions: the transforms, the contract or DuckDB changed)"
+    )
+    # and the next night with the same files is incremental again
+    a_night(con)
+    assert build_analytics(con, folder).decisions[0].incremental
+
+
+def test_most_rows_changed_builds_in_full(con) -> None:
+    for n in range(10):
+        retire(con, str(100 + n))
+    build = build_analytics(con)
+    assert build.summary == "full (bizstim.sessions: 10 of 35 raw rows changed)"
+    equals_full_rebuild(con, build)
+
+
+def test_a_failing_build_rolls_back_analytics_and_state_together(con, tmp_path: Path) -> None:
+    folder = tmp_path / "transforms"
+    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    build_analytics(con, folder)  # the copy's state
+    before = tables(con)
+    rows = con.execute(
+        f'select * from {incremental.STATE}."rows__raw_bizstim__sessions" order by all'
+    ).fetchall()
+    a_night(con)
+    contract = folder / "marts" / "sessions.yml"
+    contract.write_text(
+        contract.read_text().replace("values: [open, canceled, missed, saved]", "values: [open]")
+    )
+    with pytest.raises(TransformFailed):
+        build_analytics(con, folder)
+    assert tables(con) == before
+    saved = con.execute(
+        f'select * from {incremental.STATE}."rows__raw_bizstim__sessions" order by all'
+    ).fetchall()
+    assert saved == rows
+    contract.write_text(
+        contract.read_text().replace("values: [open]", "values: [open, canceled, missed, saved]")
+    )
+    build = build_analytics(con, folder)
+    equals_full_rebuild(con, build)
+
+
+def test_a_model_of_a_family_that_reads_the_clock_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "transforms"
+    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    mart = folder / "marts" / "sessions.sql"
+    mart.write_text(
+        mart.read_text().replace(
+            "valid_from,\n        account", "current_timestamp as valid_from,\n        account"
+        )
+    )
+    con = duckdb.connect()
+    sessions(con, session("1"))
+    with pytest.raises(incremental.IncrementalError, match="marts/sessions.sql reads the clock"):
+        build_analytics(con, folder)
+
+
+def test_a_mart_of_a_family_without_a_key_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "transforms"
+    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    mart = folder / "marts" / "session_history.sql"
+    mart.write_text(mart.read_text().replace("-- incremental_key: session_id\n", ""))
+    con = duckdb.connect()
+    sessions(con, session("1"))
+    with pytest.raises(
+        incremental.IncrementalError, match="session_history.sql depends on an incremental model"
+    ):
+        build_analytics(con, folder)
+
+
+def test_timetap_rebuilds_in_full_beside_an_incremental_bizstim(con) -> None:
+    packages(con, {"package_id": "11", "_dlt_load_id": "2"})
+    a_night(con)
+    build = build_analytics(con)
+    assert build.decisions[0].incremental
+    assert {row[0] for row in tables(con)["packages"]} == {10, 11}
+    equals_full_rebuild(con, build)
+
+
+# -- real runs: the CLI against the simulator ----------------------------------------------------
+
+
+def analytics_of(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with duckdb.connect(str(path), read_only=True) as connection:
+        return tables(connection)
+
+
+def test_nights_through_the_cli_build_incrementally_and_equal_a_full_rebuild(
+    tmp_path: Path,
+) -> None:
+    """Three nights of edits, deletions and bookings in two accounts with overlapping ids, each
+    run's analytics built incrementally; a copy rebuilt in full by `transform --full-rebuild`
+    has the same tables, row for row."""
+    from accounts_fixtures import accounts_env, two_accounts
+
+    with two_accounts() as sim:
+        env = accounts_env(sim, tmp_path)
+        first = env.run("run")
+        assert first.code == 0, first.stderr
+        assert "analytics build: full (bizstim.sessions: first build)" in first.stdout
+        for night in range(1, 4):
+            changes = [
+                account.bizstim.night_of_changes(edit=0.03, delete=0.01, new=0.02, seed=night)
+                for account in sim.accounts.values()
+            ]
+            changed = sum(len(c["edited"]) + len(c["deleted"]) + len(c["added"]) for c in changes)
+            result = env.run("run", "--allow-deletions")
+            assert result.code == 0, result.stderr
+            expect = f"analytics build: incremental (bizstim.sessions: {changed} records changed)"
+            assert expect in result.stdout
+            copy = tmp_path / f"night{night}" / env.database.name
+            copy.parent.mkdir()
+            shutil.copy(env.database, copy)
+            incremental_tables = analytics_of(copy)
+            rebuilt = env.run("transform", "--full-rebuild", "--database", str(copy))
+            assert rebuilt.code == 0, rebuilt.stderr
+            assert "analytics build: full (bizstim.sessions: --full-rebuild)" in rebuilt.stdout
+            assert analytics_of(copy) == incremental_tables
+            expected = {
+                (name, int(row["id"]))
+                for name, account in sim.accounts.items()
+                for row in account.bizstim.rows()
+            }
+            assert {(row[-1], row[0]) for row in incremental_tables["sessions"]} == expected
