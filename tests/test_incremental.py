@@ -9,6 +9,7 @@ of the file runs the real CLI against the simulator for several nights.
 from __future__ import annotations
 
 import shutil
+import signal
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from transform_fixtures import LOAD_2, packages, sessions
 
 from practice_sync import incremental
 from practice_sync.errors import TransformFailed
+from practice_sync.failpoints import ENV, POINTS
 from practice_sync.transform import TRANSFORMS_DIR, Build, build_analytics
 
 
@@ -301,3 +303,37 @@ def test_nights_through_the_cli_build_incrementally_and_equal_a_full_rebuild(
                 for row in account.bizstim.rows()
             }
             assert {(row[-1], row[0]) for row in incremental_tables["sessions"]} == expected
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_kill_during_an_incremental_night_is_made_exact_by_the_next_run(
+    tmp_path: Path, point: str
+) -> None:
+    """Killed at each step of a night whose analytics build is incremental (mid-transform: after
+    its first table was rewritten), the next run's tables equal upstream and a full rebuild."""
+    from accounts_fixtures import accounts_env, two_accounts
+
+    with two_accounts() as sim:
+        env = accounts_env(sim, tmp_path)
+        env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
+        assert env.run("run").code == 0
+        for account in sim.accounts.values():
+            account.bizstim.night_of_changes(edit=0.05, delete=0.01, new=0.03, seed=3)
+        env.vars[ENV] = point
+        assert env.run("run").code == -signal.SIGKILL
+        del env.vars[ENV]
+        result = env.run("run")
+        assert result.code == 0, result.stderr
+        assert "analytics build: incremental (bizstim.sessions:" in result.stdout
+        copy = tmp_path / "copy" / env.database.name
+        copy.parent.mkdir()
+        shutil.copy(env.database, copy)
+        built = analytics_of(copy)
+        assert env.run("transform", "--full-rebuild", "--database", str(copy)).code == 0
+        assert analytics_of(copy) == built
+        expected = {
+            (name, int(row["id"]))
+            for name, account in sim.accounts.items()
+            for row in account.bizstim.rows()
+        }
+        assert {(row[-1], row[0]) for row in built["sessions"]} == expected
