@@ -166,6 +166,26 @@ def discard_interrupted_extracts(pipeline: dlt.Pipeline) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
+def finish_interrupted_commits(pipeline: dlt.Pipeline) -> int:
+    """Remove the extracted copy of every package dlt already normalized: a kill inside
+    normalize's commit (the package renamed into `load/normalized`, its extracted files not yet
+    deleted; dlt logs "do not kill this process" there) leaves both, and normalizing the copy
+    again fails to rename onto the committed package ("Directory not empty"), run after run.
+    Returns how many were removed (the caller holds the lock)."""
+    working = Path(pipeline.working_dir)
+    removed = 0
+    # and a half-normalized copy a failed retry of it left in `load/new`
+    for folder in (working / "normalize" / "extracted", working / "load" / "new"):
+        if not folder.is_dir():
+            continue
+        for package in folder.iterdir():
+            done = (working / "load" / state / package.name for state in ("normalized", "loaded"))
+            if package.is_dir() and any(path.is_dir() for path in done):
+                shutil.rmtree(package)
+                removed += folder.name == "extracted"
+    return removed
+
+
 def missing_setting(exc: BaseException) -> str | None:
     """The name of the setting dlt found missing, if that is what `exc` is."""
     if isinstance(exc, ConfigFieldMissingException):

@@ -41,7 +41,7 @@ from typing import Protocol
 import duckdb
 
 STATE = "analytics_state"  # the warehouse schema of this module's tables (not published)
-FORMAT = "1"  # bump when the state's shape or meaning changes: the next build is full
+FORMAT = "2"  # bump when the state's shape or meaning changes: the next build is full
 FULL_SHARE = 0.25  # more of a family's raw rows changed than this: rebuild it in full
 # models of a family must give the same rows for the same input on any day
 _CLOCK = re.compile(r"\b(current_timestamp|current_date|now\s*\(|today\s*\(|get_current_)", re.I)
@@ -111,10 +111,12 @@ class Decision:
     changed: int = 0  # records changed (incremental)
     keys_made: bool = field(default=False, repr=False)
 
-    def restrict(self, columns: Sequence[str]) -> str:
-        """SQL condition: the row's (account, columns) is one of the changed keys."""
+    def restrict(self, columns: Sequence[str], saved: bool = False) -> str:
+        """SQL condition: the row's (account, columns) is one of the changed keys (in the table
+        `save` keeps for the serving file with `saved`)."""
         names = ", ".join(["account", *columns])
-        return f"({names}) in (select {names} from {self.family.temp('keys')})"
+        keys = f'{STATE}."keys__{self.family.root}"' if saved else self.family.temp("keys")
+        return f"({names}) in (select {names} from {keys})"
 
 
 def families(plan: Sequence[Model]) -> list[Family]:
@@ -192,19 +194,42 @@ def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     )
 
 
-def last_build(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
-    """(fingerprint, raw tables) of the last successful build, None before the first."""
+def last_build(con: duckdb.DuckDBPyConnection) -> tuple[str, str, str] | None:
+    """(fingerprint, raw tables, build id) of the last successful build, None before the first
+    (or when its state has another FORMAT)."""
     if not _exists(con, STATE, "builds"):
         return None
-    row = con.execute(f"select fingerprint, raw_tables from {STATE}.builds").fetchone()
-    return (str(row[0]), str(row[1])) if row else None
+    try:
+        row = con.execute(f"select fingerprint, raw_tables, build_id from {STATE}.builds").fetchone()
+    except duckdb.BinderException:
+        return None
+    return (str(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+def builds(con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
+    """(build id, the build id it updated or None when full) of the last successful build."""
+    if not _exists(con, STATE, "builds"):
+        return None
+    try:
+        row = con.execute(f"select build_id, based_on from {STATE}.builds").fetchone()
+    except duckdb.BinderException:
+        return None
+    return (str(row[0]), row[1]) if row else None
+
+
+def updated_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Analytics tables the last build updated in part, with the condition selecting the rows
+    it rewrote (over `analytics_state`'s saved keys): what the serving file must copy."""
+    if not _exists(con, STATE, "updated"):
+        return {}
+    return dict(con.execute(f"select table_name, condition from {STATE}.updated").fetchall())
 
 
 def decide(
     con: duckdb.DuckDBPyConnection,
     found: Sequence[Family],
     present: set[str],
-    previous: tuple[str, str] | None,
+    previous: tuple[str, str, str] | None,
     current: tuple[str, str],
     full: str | None,
 ) -> list[Decision]:
@@ -225,7 +250,7 @@ def decide(
     return decisions
 
 
-def _full_reason(previous: tuple[str, str] | None, current: tuple[str, str]) -> str | None:
+def _full_reason(previous: tuple[str, str, str] | None, current: tuple[str, str]) -> str | None:
     if previous is None:
         return "first build"
     if previous[0] != current[0]:
@@ -352,9 +377,15 @@ def rewrite(query: str, decision: Decision | None, model: str, partial: bool) ->
 
 
 def save(
-    con: duckdb.DuckDBPyConnection, decisions: Sequence[Decision], current: tuple[str, str]
+    con: duckdb.DuckDBPyConnection,
+    decisions: Sequence[Decision],
+    current: tuple[str, str],
+    updated: Mapping[str, str],
+    previous: tuple[str, str, str] | None,
 ) -> None:
-    """Record this build's state, inside its transaction: rows of each family, what it ran."""
+    """Record this build's state, inside its transaction: rows of each family; the keys it
+    rewrote and where (`updated`: table -> condition over the saved keys), for the serving file;
+    its id, and the build it updated when it was incremental."""
     con.execute(f"create schema if not exists {STATE}")
     kept = set()
     for decision in decisions:
@@ -366,21 +397,39 @@ def save(
                 f"(select h from {family.temp('removed')})"
             )
             con.execute(f"insert into {family.snapshot} select * from {family.temp('added')}")
+            if decision.keys_made:
+                kept.add(f"keys__{family.root}")
+                con.execute(
+                    f'create or replace table {STATE}."keys__{family.root}" as '
+                    f"select * from {family.temp('keys')}"
+                )
         else:
             con.execute(
                 f"create or replace table {family.snapshot} as select c.h, c.account, "
                 f"c.record, coalesce(({_on_record(family)}), false) as clean "
                 f"from {family.temp('rows')} c"
             )
+    _drop_stale(con, kept)
+    con.execute(
+        f"create or replace table {STATE}.updated (table_name varchar, condition varchar)"
+    )
+    for table, condition in updated.items():
+        con.execute(f"insert into {STATE}.updated values (?, ?)", [table, condition])
+    partial = any(d.incremental for d in decisions) and previous is not None
+    con.execute(
+        f"create or replace table {STATE}.builds as select ? as fingerprint, ? as raw_tables, "
+        "cast(uuid() as varchar) as build_id, ? as based_on, current_timestamp as built_at",
+        [*current, previous[2] if partial and previous else None],
+    )
+
+
+def _drop_stale(con: duckdb.DuckDBPyConnection, kept: set[str]) -> None:
+    """Drop the rows and keys of families this build did not keep (not built, or full)."""
     for (table,) in con.execute(
         "select table_name from duckdb_tables() where database_name = current_database() "
-        "and schema_name = ? and table_name like 'rows\\_\\_%' escape '\\'",
+        "and schema_name = ? and (table_name like 'rows\\_\\_%' escape '\\' "
+        "or table_name like 'keys\\_\\_%' escape '\\')",
         [STATE],
     ).fetchall():
-        if table not in kept:  # a family that is not built any more: its state is stale
+        if table not in kept:
             con.execute(f'drop table {STATE}."{table}"')
-    con.execute(
-        f"create or replace table {STATE}.builds as "
-        "select ? as fingerprint, ? as raw_tables, current_timestamp as built_at",
-        list(current),
-    )

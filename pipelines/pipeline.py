@@ -405,6 +405,7 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
         on_load_job=(lambda: failpoint("mid-load")) if armed("mid-load") else None,
     )
     dlt_glue.discard_interrupted_extracts(pipeline)
+    dlt_glue.finish_interrupted_commits(pipeline)
     started = datetime.now(UTC)
     run_context = _run_context(load, job, report)
     refresh: Literal["drop_sources"] | None = "drop_sources" if job.full_refresh else None

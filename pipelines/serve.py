@@ -9,6 +9,13 @@ holding the old file keeps a consistent old copy, a new connection sees the new 
 A run that publishes to `practice_sync.publish` destinations writes the file before them (readers
 never wait for a remote server) and then once more with the run history alone brought up to date
 (`refresh_history`), so `practice-sync status` sees how each destination's publish went.
+
+The new file starts as a byte copy of the old one wherever that is exact: when the serving file
+is the one this warehouse last wrote (`analytics_state.served` holds its build, size and mtime)
+and holds the build tonight's incremental build updated, only the rows that build rewrote are
+replaced in it (and the tables it rebuilt in full, and `ops`); when it already holds tonight's
+build, only `ops`. Anything else (a first night, a full rebuild, a failed or skipped publish, a
+file changed by someone else) writes every table anew. Either way readers get one rename.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 import dlt
 import duckdb
 
+from practice_sync import incremental
 from practice_sync.errors import ConfigError, LoadFailed
 
 SETTING = "practice_sync.serve_path (PRACTICE_SYNC__SERVE_PATH)"
@@ -42,10 +50,19 @@ def serve_path(database: Path) -> Path:
 
 
 def publish(con: duckdb.DuckDBPyConnection, target: Path) -> int:
-    """Copy every `analytics` and `ops` table with its comments from `con` into `target`,
-    atomically; return the number of tables published."""
+    """Copy every `analytics` and `ops` table with its comments from `con` into `target` (or
+    only what changed, see the module docstring), atomically; return the tables written."""
     try:
-        return _replace(con, target, None, SCHEMAS)
+        how = plan(con, target)
+        if how == "history":
+            tables = _replace(con, target, target, HISTORY_SCHEMAS)
+        elif how == "patch":
+            tables = _replace(con, target, target, SCHEMAS, incremental.updated_tables(con))
+        else:
+            tables = _replace(con, target, None, SCHEMAS)
+        build = incremental.builds(con)
+        _mark(con, target, build[0] if build else None)
+        return tables
     except (duckdb.Error, OSError) as exc:
         raise LoadFailed(
             f"The analytics tables were rebuilt but could not be published to {target} "
@@ -58,7 +75,10 @@ def refresh_history(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     atomically: a byte copy of the file, its `ops` tables replaced, renamed over. Cheaper than
     `publish` (nothing of `analytics` is read or compressed again); same guarantees to readers."""
     try:
-        return _replace(con, target, target, HISTORY_SCHEMAS)
+        served = _served(con, target)
+        tables = _replace(con, target, target, HISTORY_SCHEMAS)
+        _mark(con, target, served)
+        return tables
     except (duckdb.Error, OSError) as exc:
         raise LoadFailed(
             f"The run history could not be written to {target} ({_first_line(exc)}); readers "
@@ -67,17 +87,76 @@ def refresh_history(con: duckdb.DuckDBPyConnection, target: Path) -> int:
         ) from exc
 
 
+def plan(con: duckdb.DuckDBPyConnection, target: Path) -> str:
+    """How `publish` will write `target`: "history" (it holds tonight's build: `ops` only),
+    "patch" (it holds the build tonight's incremental build updated) or "full"."""
+    build = incremental.builds(con)
+    served = _served(con, target)
+    if build is None or served is None:
+        return "full"
+    if served == build[0]:
+        return "history"
+    return "patch" if served == build[1] else "full"
+
+
+def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
+    """The build `target` holds, if this warehouse wrote it last and nothing changed it since."""
+    if not _has_table(con, incremental.STATE, "served"):
+        return None
+    row = con.execute(
+        f"select build_id, size, mtime_ns from {incremental.STATE}.served where path = ?",
+        [str(target)],
+    ).fetchone()
+    try:
+        stat = target.stat()
+    except OSError:
+        return None
+    if row is None or (row[1], row[2]) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    return None if row[0] is None else str(row[0])
+
+
+def _mark(con: duckdb.DuckDBPyConnection, target: Path, build: str | None) -> None:
+    """Remember which build `target` holds now, and how to tell it was not changed since."""
+    stat = target.stat()
+    con.execute(f"create schema if not exists {incremental.STATE}")
+    con.execute(
+        f"create table if not exists {incremental.STATE}.served "
+        "(path varchar, build_id varchar, size bigint, mtime_ns bigint)"
+    )
+    con.execute(f"delete from {incremental.STATE}.served where path = ?", [str(target)])
+    con.execute(
+        f"insert into {incremental.STATE}.served values (?, ?, ?, ?)",
+        [str(target), build, stat.st_size, stat.st_mtime_ns],
+    )
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from duckdb_tables() where database_name = current_database() "
+            "and schema_name = ? and table_name = ?",
+            [schema, table],
+        ).fetchall()[0][0]
+    )
+
+
 def _replace(
-    con: duckdb.DuckDBPyConnection, target: Path, start: Path | None, schemas: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    target: Path,
+    start: Path | None,
+    schemas: Sequence[str],
+    updated: dict[str, str] | None = None,
 ) -> int:
     """Write `schemas` from `con` into a copy of `start` (or a new file) and rename it over
-    `target`; return the number of tables copied. A failure leaves `target` as it was."""
+    `target`; return the number of tables copied. A failure leaves `target` as it was.
+    `updated`: analytics tables to patch in place (table -> the rows to replace), not copy."""
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     _remove(temporary)
     try:
         if start is not None:
             shutil.copyfile(start, temporary)
-        tables = _copy(con, temporary, schemas)
+        tables = _copy(con, temporary, schemas, updated or {})
         os.replace(temporary, target)
     except BaseException:
         _remove(temporary)
@@ -89,8 +168,12 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def _copy(con: duckdb.DuckDBPyConnection, path: Path, schemas: Sequence[str]) -> int:
-    """Each of `schemas` (dropped first where the file has it) with its tables and comments."""
+def _copy(
+    con: duckdb.DuckDBPyConnection, path: Path, schemas: Sequence[str], updated: dict[str, str]
+) -> int:
+    """Each of `schemas` (dropped first where the file has it) with its tables and comments;
+    with `updated`, `analytics` is kept and patched: those tables get the rows the build
+    rewrote, every other table is replaced whole."""
     tables = con.execute(
         "select schema_name, table_name from duckdb_tables() "
         "where database_name = current_database() and list_contains(?, schema_name) order by all",
@@ -98,14 +181,26 @@ def _copy(con: duckdb.DuckDBPyConnection, path: Path, schemas: Sequence[str]) ->
     ).fetchall()
     con.execute("attach ? as serving", [str(path)])
     try:
+        kept = {"analytics"} if updated else set()
         for schema in schemas:
-            con.execute(f"drop schema if exists serving.{schema} cascade")
-        for schema in sorted({schema for schema, _ in tables}):
+            if schema not in kept:
+                con.execute(f"drop schema if exists serving.{schema} cascade")
+        for schema in sorted({schema for schema, _ in tables} - kept):
             con.execute(f"create schema serving.{schema}")
         for schema, table in tables:
-            con.execute(
-                f'create table serving.{schema}."{table}" as select * from {schema}."{table}"'
-            )
+            here, there = f'{schema}."{table}"', f'serving.{schema}."{table}"'
+            if schema in kept and table in updated:
+                con.execute(f"delete from {there} where {updated[table]}")
+                con.execute(f"insert into {there} select * from {here} where {updated[table]}")
+            else:
+                con.execute(f"create or replace table {there} as select * from {here}")
+        for schema, table in con.execute(
+            "select schema_name, table_name from duckdb_tables() where database_name = 'serving' "
+            "and list_contains(?, schema_name)",
+            [sorted(kept)],
+        ).fetchall():
+            if (schema, table) not in tables:  # gone from the warehouse since
+                con.execute(f'drop table serving.{schema}."{table}"')
         _copy_comments(con, schemas)
     finally:
         con.execute("detach serving")

@@ -308,7 +308,7 @@ def _run_file(
 
 def _run_all(
     con: duckdb.DuckDBPyConnection, plan: Sequence[Transform], full: str | None
-) -> tuple[list[str], list[incremental.Decision], tuple[str, str]]:
+) -> tuple[list[str], list[incremental.Decision], tuple[str, str], tuple[str, str, str] | None]:
     """Run the plan in order, skipping files whose raw tables or dependencies are missing;
     incrementally for each family whose records allow it (incremental.py)."""
     built: list[str] = []
@@ -320,9 +320,8 @@ def _run_all(
         ",".join(sorted(present)),
     )
     found = incremental.families(plan)
-    decisions = incremental.decide(
-        con, found, present, incremental.last_build(con), current, full
-    )
+    previous = incremental.last_build(con)
+    decisions = incremental.decide(con, found, present, previous, current, full)
     partial = any(d.incremental for d in decisions)  # data_issues is kept, not made anew
     by_model = {name: d for d in decisions for name in d.family.members}
     setup = [transform for transform in plan if transform.is_setup]
@@ -341,7 +340,7 @@ def _run_all(
             skipped.add(transform.name)
             continue
         _run_file(con, transform, built, by_model.get(transform.name), partial)
-    return built, decisions, current
+    return built, decisions, current, previous
 
 
 def _marts_dir(plan: Sequence[Transform], folder: Path) -> Path:
@@ -385,17 +384,19 @@ def _build(
     """One build in one transaction (see build_analytics)."""
     con.execute("begin transaction")
     try:
-        built, decisions, current = _run_all(con, plan, full)
+        built, decisions, current, previous = _run_all(con, plan, full)
         interrupt.check()
-        updated = {
-            table: d.restrict(d.family.keys[model])
+        parts = [
+            (table, d, d.family.keys[model])
             for d in decisions
             if d.incremental
             for model in d.family.keys
             for table in _tables_of(plan, model)
-        }
-        check_build(con, contract, built, updated)
-        incremental.save(con, decisions, current)
+            if table in built
+        ]
+        check_build(con, contract, built, {t: d.restrict(cols) for t, d, cols in parts})
+        saved = {t: d.restrict(cols, saved=True) for t, d, cols in parts}
+        incremental.save(con, decisions, current, saved, previous)
         counts = {
             table: con.execute(f'select count(*) from analytics."{table}"').fetchall()[0][0]
             for table in built

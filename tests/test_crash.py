@@ -4,15 +4,17 @@ equal to upstream: no lost record, no duplicate, no half-built analytics schema.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
 
+import dlt
 import duckdb
 import pytest
 from conftest import Env
 
-from practice_sync import warehouse
+from practice_sync import dlt_glue, warehouse
 from practice_sync.bizstim.settings import SESSION_FIELDS
 from practice_sync.failpoints import ENV, POINTS
 from practice_sync.simulator import Simulator
@@ -139,3 +141,30 @@ def test_rows_a_resumed_load_wrote_twice_are_removed_exactly(tmp_path: Path) -> 
             ("3", "h3"),
         ]
         assert con.execute("select count(*) from bizstim._dlt_loads").fetchone() == (2,)
+
+
+def test_a_kill_inside_normalizes_commit_is_finished_by_the_next_run(tmp_path: Path) -> None:
+    """dlt commits a normalized package by renaming it into `load/normalized`, then deletes its
+    extracted files: a kill between the two leaves both, and dlt alone then fails every later
+    normalize ("Directory not empty"). Found by killing one of two concurrent accounts."""
+    pipeline = dlt.pipeline(
+        "commit_window",
+        pipelines_dir=str(tmp_path / "pipelines"),
+        destination=dlt.destinations.duckdb(str(tmp_path / "w.duckdb")),
+        dataset_name="things",
+    )
+    pipeline.extract([{"id": 1}, {"id": 2}], table_name="things")
+    extracted = Path(pipeline.working_dir) / "normalize" / "extracted"
+    [package] = list(extracted.iterdir())
+    shutil.copytree(package, tmp_path / "copy")
+    pipeline.normalize()
+    shutil.copytree(tmp_path / "copy", package)  # the kill: both stores hold the package
+    with pytest.raises(Exception, match="Directory not empty"):
+        pipeline.normalize()
+    assert dlt_glue.finish_interrupted_commits(pipeline) == 1
+    assert not (Path(pipeline.working_dir) / "load" / "new" / package.name).exists()
+    pipeline.normalize()
+    pipeline.load()
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        assert con.execute("select id from things.things order by id").fetchall() == [(1,), (2,)]
+    assert not pipeline.has_pending_data

@@ -18,7 +18,7 @@ import duckdb
 import pytest
 from transform_fixtures import LOAD_2, packages, sessions
 
-from practice_sync import incremental
+from practice_sync import incremental, serve
 from practice_sync.errors import TransformFailed
 from practice_sync.failpoints import ENV, POINTS
 from practice_sync.transform import TRANSFORMS_DIR, Build, build_analytics
@@ -256,6 +256,62 @@ def test_timetap_rebuilds_in_full_beside_an_incremental_bizstim(con) -> None:
     assert build.decisions[0].incremental
     assert {row[0] for row in tables(con)["packages"]} == {10, 11}
     equals_full_rebuild(con, build)
+
+
+def served_tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with duckdb.connect(str(path), read_only=True) as connection:
+        return tables(connection)
+
+
+def test_the_serving_file_is_patched_with_the_rows_an_incremental_build_rewrote(
+    con, tmp_path: Path
+) -> None:
+    target = tmp_path / "serving.duckdb"
+    assert serve.plan(con, target) == "full"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+    assert serve.plan(con, target) == "history"  # the same build: only the run history
+    a_night(con)
+    build = build_analytics(con)
+    assert build.decisions[0].incremental
+    assert serve.plan(con, target) == "patch"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+    with duckdb.connect(str(target), read_only=True) as served:
+        assert comments(served) == comments(con)
+    # two nights in a row, and a night with nothing changed
+    retire(con, "3")
+    sessions(con, session("3", session_note="later", _dlt_load_id="3", version=3))
+    build_analytics(con)
+    serve.publish(con, target)
+    build_analytics(con)
+    assert serve.plan(con, target) == "patch"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+
+
+def test_a_serving_file_not_written_from_the_last_build_is_written_whole(
+    con, tmp_path: Path
+) -> None:
+    target = tmp_path / "serving.duckdb"
+    serve.publish(con, target)
+    a_night(con)
+    build_analytics(con)
+    build_analytics(con)  # a night whose publish never happened: two builds on from the file
+    assert serve.plan(con, target) == "full"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+    # someone else wrote the file: its size or time differs from what was recorded
+    with duckdb.connect(str(target)) as other:
+        other.execute("delete from analytics.sessions where session_id = 3")
+    retire(con, "5")
+    build_analytics(con)
+    assert serve.plan(con, target) == "full"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+    # a full rebuild is published whole
+    build_analytics(con, full="test")
+    assert serve.plan(con, target) == "full"
 
 
 # -- real runs: the CLI against the simulator ----------------------------------------------------
