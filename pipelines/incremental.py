@@ -184,7 +184,8 @@ def fingerprint(sql_texts: Iterable[tuple[str, str]], contract_dir: Path) -> str
     return digest.hexdigest()
 
 
-def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether the warehouse (not an attached file) has `schema.table`."""
     return bool(
         con.execute(
             "select count(*) from duckdb_tables() where database_name = current_database() "
@@ -194,33 +195,32 @@ def _exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     )
 
 
-def last_build(con: duckdb.DuckDBPyConnection) -> tuple[str, str, str] | None:
-    """(fingerprint, raw tables, build id) of the last successful build, None before the first
-    (or when its state has another FORMAT)."""
-    if not _exists(con, STATE, "builds"):
+def _last(con: duckdb.DuckDBPyConnection, columns: str) -> tuple[object, ...] | None:
+    """`columns` of the last successful build; None before the first (or in another FORMAT)."""
+    if not table_exists(con, STATE, "builds"):
         return None
     try:
-        row = con.execute(f"select fingerprint, raw_tables, build_id from {STATE}.builds").fetchone()
+        return con.execute(f"select {columns} from {STATE}.builds").fetchone()
     except duckdb.BinderException:
         return None
+
+
+def last_build(con: duckdb.DuckDBPyConnection) -> tuple[str, str, str] | None:
+    """(fingerprint, raw tables, build id) of the last successful build."""
+    row = _last(con, "fingerprint, raw_tables, build_id")
     return (str(row[0]), str(row[1]), str(row[2])) if row else None
 
 
 def builds(con: duckdb.DuckDBPyConnection) -> tuple[str, str | None] | None:
     """(build id, the build id it updated or None when full) of the last successful build."""
-    if not _exists(con, STATE, "builds"):
-        return None
-    try:
-        row = con.execute(f"select build_id, based_on from {STATE}.builds").fetchone()
-    except duckdb.BinderException:
-        return None
-    return (str(row[0]), row[1]) if row else None
+    row = _last(con, "build_id, based_on")
+    return (str(row[0]), None if row[1] is None else str(row[1])) if row else None
 
 
 def updated_tables(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """Analytics tables the last build updated in part, with the condition selecting the rows
     it rewrote (over `analytics_state`'s saved keys): what the serving file must copy."""
-    if not _exists(con, STATE, "updated"):
+    if not table_exists(con, STATE, "updated"):
         return {}
     return dict(con.execute(f"select table_name, condition from {STATE}.updated").fetchall())
 
@@ -272,7 +272,7 @@ def _hash_rows(con: duckdb.DuckDBPyConnection, family: Family) -> None:
 def _compare(con: duckdb.DuckDBPyConnection, family: Family) -> str | None:
     """Find the records changed since the state was saved; a reason for a full rebuild when an
     incremental one could be wrong or slower."""
-    if not _exists(con, STATE, f"rows__{family.view}"):
+    if not table_exists(con, STATE, f"rows__{family.view}"):
         return "no saved state"
     rows, snapshot = family.temp("rows"), family.snapshot
     con.execute(
@@ -393,8 +393,7 @@ def save(
         kept.add(f"rows__{family.view}")
         if decision.incremental:
             con.execute(
-                f"delete from {family.snapshot} where h in "
-                f"(select h from {family.temp('removed')})"
+                f"delete from {family.snapshot} where h in (select h from {family.temp('removed')})"
             )
             con.execute(f"insert into {family.snapshot} select * from {family.temp('added')}")
             if decision.keys_made:
@@ -410,9 +409,7 @@ def save(
                 f"from {family.temp('rows')} c"
             )
     _drop_stale(con, kept)
-    con.execute(
-        f"create or replace table {STATE}.updated (table_name varchar, condition varchar)"
-    )
+    con.execute(f"create or replace table {STATE}.updated (table_name varchar, condition varchar)")
     for table, condition in updated.items():
         con.execute(f"insert into {STATE}.updated values (?, ?)", [table, condition])
     partial = any(d.incremental for d in decisions) and previous is not None

@@ -101,7 +101,7 @@ def plan(con: duckdb.DuckDBPyConnection, target: Path) -> str:
 
 def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
     """The build `target` holds, if this warehouse wrote it last and nothing changed it since."""
-    if not _has_table(con, incremental.STATE, "served"):
+    if not incremental.table_exists(con, incremental.STATE, "served"):
         return None
     row = con.execute(
         f"select build_id, size, mtime_ns from {incremental.STATE}.served where path = ?",
@@ -128,16 +128,6 @@ def _mark(con: duckdb.DuckDBPyConnection, target: Path, build: str | None) -> No
     con.execute(
         f"insert into {incremental.STATE}.served values (?, ?, ?, ?)",
         [str(target), build, stat.st_size, stat.st_mtime_ns],
-    )
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        con.execute(
-            "select count(*) from duckdb_tables() where database_name = current_database() "
-            "and schema_name = ? and table_name = ?",
-            [schema, table],
-        ).fetchall()[0][0]
     )
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -80,19 +80,26 @@ class Transform:
     incremental_key: tuple[str, ...] = ()
 
 
-def _header_values(sql: str, pattern: re.Pattern[str]) -> list[str]:
-    """Comma-separated values of the `pattern` lines in the file's leading comment block."""
-    values: list[str] = []
+def _header_matches(sql: str, pattern: re.Pattern[str]) -> Iterator[str]:
+    """The value of each `pattern` line in the file's leading comment block."""
     for line in sql.splitlines():
         line = line.strip()
         if not line:
             continue
         if not line.startswith("--"):
             break
-        match = pattern.match(line)
-        if match:
-            values += [name.strip() for name in match.group(1).split(",") if name.strip()]
-    return values
+        if match := pattern.match(line):
+            yield match.group(1).strip()
+
+
+def _header_values(sql: str, pattern: re.Pattern[str]) -> list[str]:
+    """Comma-separated values of the `pattern` lines in the file's leading comment block."""
+    return [
+        name.strip()
+        for value in _header_matches(sql, pattern)
+        for name in value.split(",")
+        if name.strip()
+    ]
 
 
 def required_tables(sql: str) -> list[str]:
@@ -102,16 +109,7 @@ def required_tables(sql: str) -> list[str]:
 
 def _header_text(sql: str, pattern: re.Pattern[str]) -> str | None:
     """The whole value of the `pattern` lines of the leading comment block, joined by spaces."""
-    parts = []
-    for line in sql.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if not line.startswith("--"):
-            break
-        if match := pattern.match(line):
-            parts.append(match.group(1).strip())
-    return " ".join(parts) or None
+    return " ".join(_header_matches(sql, pattern)) or None
 
 
 def model_dependencies(sql: str) -> list[str]:
