@@ -315,3 +315,47 @@ def test_a_changed_privacy_policy_compares_like_with_like(
     assert result.code == 0, result.stderr
     assert "rows of bizstim.sessions rewritten" in result.stdout + result.stderr
     assert staged_rows(env, "bizstim") == {}  # the rewritten hashes are what the extractor makes
+
+
+# -- the sorted index of held hashes -------------------------------------------------------------
+
+
+def test_the_hash_index_finds_exactly_what_the_scan_finds() -> None:
+    """Probed through the sorted prefixes or by the old scan, every batch keeps the same rows
+    and marks the same held versions as repeated."""
+    rows = [(str(i), f"v{i}") for i in range(3000)]
+    versions = held(*rows[:2000])
+    assert guard.HashIndex.build(versions.hashes) is not None
+    batches = [
+        page(*rows[0:500]),  # all held
+        page(*rows[1500:2500]),  # half held, half new
+        page(*[(str(i), f"changed{i}") for i in range(100, 300)]),  # held keys, new content
+        page(*rows[2500:3000]),  # all new
+    ]
+    indexed, scanned = guard.Changes("id", versions), guard.Changes("id", versions)
+    scanned.index = None
+    for batch in batches:
+        kept, old = indexed.keep(batch), scanned.keep(batch)
+        assert (kept is None) == (old is None)
+        if kept is not None:
+            assert kept.to_pylist() == old.to_pylist()
+    assert indexed.matched.tolist() == scanned.matched.tolist()
+    assert int(indexed.matched.sum()) == 1000  # rows 0-499 and 1500-1999
+
+
+def test_the_hash_index_steps_aside_for_hashes_that_are_not_ours() -> None:
+    hashes = pa.array(["0" * 32, "f" * 32, "ab" * 16], pa.string())
+    assert guard.hash_prefixes(hashes).tolist() == [0, 2**64 - 1, 0xABABABABABABABAB]
+    assert guard.hash_prefixes(hashes.slice(1)).tolist() == [2**64 - 1, 0xABABABABABABABAB]
+    assert guard.hash_prefixes(pa.array(["xyz"], pa.string())) is None  # not 32 digits
+    assert guard.hash_prefixes(pa.array(["G" * 32], pa.string())) is None  # not hex
+    assert guard.hash_prefixes(pa.array([None], pa.string())) is None
+    # one prefix twice (same first 16 digits): the scan does the work
+    assert guard.HashIndex.build(pa.array(["1" * 16 + "0" * 16, "1" * 32], pa.string())) is None
+    versions = context.CurrentVersions(
+        keys=pa.array(["a", "b"], pa.string()), hashes=pa.array(["h1", "h2"], pa.string())
+    )
+    changes = guard.Changes("id", versions)
+    assert changes.index is None
+    batch = pa.table({"id": ["a", "c"], ROW_HASH: ["h1", "h3"]})
+    assert changes.keep(batch).to_pylist() == [{"id": "c", ROW_HASH: "h3"}]
