@@ -361,12 +361,18 @@ def test_nights_through_the_cli_build_incrementally_and_equal_a_full_rebuild(
             assert {(row[-1], row[0]) for row in incremental_tables["sessions"]} == expected
 
 
-@pytest.mark.parametrize("point", POINTS)
+# a kill during the extract leaves the warehouse as it was (tests/test_crash.py, every point):
+# these are the steps after which the incremental state and the raw tables may disagree
+AFTER_EXTRACT = [point for point in POINTS if point not in ("mid-extract", "after-extract")]
+
+
+@pytest.mark.parametrize("point", AFTER_EXTRACT)
 def test_a_kill_during_an_incremental_night_is_made_exact_by_the_next_run(
     tmp_path: Path, point: str
 ) -> None:
-    """Killed at each step of a night whose analytics build is incremental (mid-transform: after
-    its first table was rewritten), the next run's tables equal upstream and a full rebuild."""
+    """Killed at each step of a night whose analytics build is incremental, once its raw tables
+    may have changed (mid-transform: after its first table was rewritten), the next run's tables
+    equal upstream and a full rebuild; two accounts, so the other one is killed anywhere."""
     from accounts_fixtures import accounts_env, two_accounts
 
     with two_accounts() as sim:
