@@ -19,6 +19,10 @@ Models run in dependency order; between models that do not depend on each other 
 setup, staging, marts, by file name, so every build runs the same files in the same order. An
 unknown dependency or a cycle is an error naming the file, raised before anything runs.
 
+Three more header lines make a night's build touch only the records that changed
+(`-- incremental_by:`, `-- incremental_if:` on a staging model, `-- incremental_key:` on the marts
+that read it; see incremental.py, which decides per build and rewrites the statements).
+
 Everything runs in ONE transaction: readers never see a half-built schema, and a failing file
 rolls back to the tables of the previous successful build. The contract (`marts/<table>.yml`,
 see contract.py) is checked in the same transaction after the models: every table built must
@@ -263,7 +267,8 @@ class Build:
 
     @property
     def summary(self) -> str:
-        """'incremental (bizstim.sessions: 16,000 records changed)' or 'full (first build)'."""
+        """'incremental (bizstim.sessions: 16,000 records changed)' or, naming why,
+        'full (bizstim.sessions: first build)'."""
         if not self.decisions:
             return "full"
         if all(d.incremental for d in self.decisions):
