@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands, common)
 
     transform_cmd = commands.add_parser(
-        "transform", parents=[common], help="rebuild analytics from loaded data"
+        "transform", parents=[common], help="bring analytics up to date with loaded data"
     )
     transform_cmd.add_argument("--database", help=DATABASE_HELP)
     transform_cmd.add_argument(

@@ -33,15 +33,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import duckdb
 
+from practice_sync.warehouse import table_exists
+
 STATE = "analytics_state"  # the warehouse schema of this module's tables (not published)
 FORMAT = "2"  # bump when the state's shape or meaning changes: the next build is full
+_STATE_COLUMNS = ("h", "account", "record", "clean")  # the saved rows' columns
 FULL_SHARE = 0.25  # more of a family's raw rows changed than this: rebuild it in full
 # models of a family must give the same rows for the same input on any day
 _CLOCK = re.compile(r"\b(current_timestamp|current_date|now\s*\(|today\s*\(|get_current_)", re.I)
@@ -119,8 +122,9 @@ class Decision:
         return f"({names}) in (select {names} from {keys})"
 
 
-def families(plan: Sequence[Model]) -> list[Family]:
-    """The incremental families of an ordered plan of `transform.Transform`s, checked."""
+def families(plan: Sequence[Model], view_of: Callable[[str], str]) -> list[Family]:
+    """The incremental families of an ordered plan of `transform.Transform`s, checked;
+    `view_of` names the view a model reads for a raw table (`transform.raw_view`)."""
     found: list[Family] = []
     member_of: dict[str, str] = {}
     for model in plan:
@@ -138,7 +142,7 @@ def families(plan: Sequence[Model]) -> list[Family]:
             _check_member(model, name == member_of[name])
     for model in plan:
         if model.name in member_of and model.name == member_of[model.name]:
-            found.append(_family(model, plan, member_of))
+            found.append(_family(model, plan, member_of, view_of))
     return found
 
 
@@ -146,6 +150,11 @@ def _check_member(model: Model, is_root: bool) -> None:
     label: str = model.label
     if is_root and len(model.requires) != 1:
         raise IncrementalError(f"transform {label}: incremental_by needs exactly one raw table")
+    if is_root and model.incremental_by in _STATE_COLUMNS:
+        raise IncrementalError(
+            f"transform {label}: incremental_by cannot name a column called "
+            f"{model.incremental_by!r} (the saved state uses that name)"
+        )
     if _CLOCK.search(re.sub(r"--[^\n]*", "", model.sql)):
         raise IncrementalError(
             f"transform {label} reads the clock, so it cannot be updated incrementally: its "
@@ -158,15 +167,19 @@ def _check_member(model: Model, is_root: bool) -> None:
         )
 
 
-def _family(root: Model, plan: Sequence[Model], member_of: Mapping[str, str]) -> Family:
+def _family(
+    root: Model,
+    plan: Sequence[Model],
+    member_of: Mapping[str, str],
+    view_of: Callable[[str], str],
+) -> Family:
     name: str = root.name
     members = [m for m in plan if member_of.get(m.name) == name]
     raw: str = root.requires[0]
-    source, _, table = raw.rpartition(".")
     return Family(
         root=name,
         raw=raw,
-        view=f"raw_{source}__{table}",
+        view=view_of(raw),
         record=root.incremental_by or "",
         clean=root.incremental_if or "true",
         members=frozenset(m.name for m in members),
@@ -182,17 +195,6 @@ def fingerprint(sql_texts: Iterable[tuple[str, str]], contract_dir: Path) -> str
     for path in sorted(contract_dir.glob("*.yml")):
         digest.update(f"\0{path.name}\0".encode() + path.read_bytes())
     return digest.hexdigest()
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    """Whether the warehouse (not an attached file) has `schema.table`."""
-    return bool(
-        con.execute(
-            "select count(*) from duckdb_tables() where database_name = current_database() "
-            "and schema_name = ? and table_name = ?",
-            [schema, table],
-        ).fetchall()[0][0]
-    )
 
 
 def _last(con: duckdb.DuckDBPyConnection, columns: str) -> tuple[object, ...] | None:
@@ -277,7 +279,7 @@ def _compare(con: duckdb.DuckDBPyConnection, family: Family) -> str | None:
     rows, snapshot = family.temp("rows"), family.snapshot
     con.execute(
         f"create or replace temp table {family.temp('added')} as select c.h, c.account, "
-        f"c.record, null::boolean as clean from {rows} c anti join {snapshot} s on s.h = c.h"
+        f"c.record from {rows} c anti join {snapshot} s on s.h = c.h"
     )
     con.execute(
         f"create or replace temp table {family.temp('removed')} as "
@@ -315,16 +317,22 @@ def check_added(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     """Apply `incremental_if` to the added rows (it may use the setup files' macros, so it runs
     after them); a record failing it makes the whole build start again in full."""
     family = decision.family
-    added = family.temp("added")
-    con.execute(f"update {added} c set clean = coalesce(({_on_record(family)}), false)")
-    unclean = con.execute(f"select count(*) from {added} where not clean").fetchall()[0][0]
+    checked = family.temp("checked")
+    con.execute(
+        f"create or replace temp table {checked} as {_with_clean(family, family.temp('added'))}"
+    )
+    unclean = con.execute(f"select count(*) from {checked} where not clean").fetchall()[0][0]
     if unclean:
         raise Restart(f"{unclean:,} new raw rows of {family.raw} fail incremental_if")
 
 
-def _on_record(family: Family) -> str:
-    """The family's `incremental_if`, written on the raw column, applied to `record`."""
-    return re.sub(rf'(?<![\w."]){re.escape(family.record)}(?![\w"])', "c.record", family.clean)
+def _with_clean(family: Family, rows: str) -> str:
+    """SQL: `rows` (h, account, record, …) with `clean`, the family's `incremental_if`, which is
+    written on the raw column: `record` is named that way for it."""
+    return (
+        f"select h, account, record, coalesce(({family.clean}), false) as clean "
+        f'from (select h, account, record, record as "{family.record}" from {rows})'
+    )
 
 
 def limit_raw(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
@@ -395,7 +403,7 @@ def save(
             con.execute(
                 f"delete from {family.snapshot} where h in (select h from {family.temp('removed')})"
             )
-            con.execute(f"insert into {family.snapshot} select * from {family.temp('added')}")
+            con.execute(f"insert into {family.snapshot} select * from {family.temp('checked')}")
             if decision.keys_made:
                 kept.add(f"keys__{family.root}")
                 con.execute(
@@ -404,9 +412,8 @@ def save(
                 )
         else:
             con.execute(
-                f"create or replace table {family.snapshot} as select c.h, c.account, "
-                f"c.record, coalesce(({_on_record(family)}), false) as clean "
-                f"from {family.temp('rows')} c"
+                f"create or replace table {family.snapshot} as "
+                f"{_with_clean(family, family.temp('rows'))}"
             )
     _drop_stale(con, kept)
     con.execute(f"create or replace table {STATE}.updated (table_name varchar, condition varchar)")

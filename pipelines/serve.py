@@ -29,7 +29,7 @@ from pathlib import Path
 import dlt
 import duckdb
 
-from practice_sync import incremental
+from practice_sync import incremental, warehouse
 from practice_sync.errors import ConfigError, LoadFailed
 
 SETTING = "practice_sync.serve_path (PRACTICE_SYNC__SERVE_PATH)"
@@ -53,14 +53,14 @@ def publish(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     """Copy every `analytics` and `ops` table with its comments from `con` into `target` (or
     only what changed, see the module docstring), atomically; return the tables written."""
     try:
-        how = plan(con, target)
+        build = incremental.builds(con)
+        how = _plan(build, _served(con, target))
         if how == "history":
             tables = _replace(con, target, target, HISTORY_SCHEMAS)
         elif how == "patch":
             tables = _replace(con, target, target, SCHEMAS, incremental.updated_tables(con))
         else:
             tables = _replace(con, target, None, SCHEMAS)
-        build = incremental.builds(con)
         _mark(con, target, build[0] if build else None)
         return tables
     except (duckdb.Error, OSError) as exc:
@@ -90,8 +90,10 @@ def refresh_history(con: duckdb.DuckDBPyConnection, target: Path) -> int:
 def plan(con: duckdb.DuckDBPyConnection, target: Path) -> str:
     """How `publish` will write `target`: "history" (it holds tonight's build: `ops` only),
     "patch" (it holds the build tonight's incremental build updated) or "full"."""
-    build = incremental.builds(con)
-    served = _served(con, target)
+    return _plan(incremental.builds(con), _served(con, target))
+
+
+def _plan(build: tuple[str, str | None] | None, served: str | None) -> str:
     if build is None or served is None:
         return "full"
     if served == build[0]:
@@ -101,7 +103,7 @@ def plan(con: duckdb.DuckDBPyConnection, target: Path) -> str:
 
 def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
     """The build `target` holds, if this warehouse wrote it last and nothing changed it since."""
-    if not incremental.table_exists(con, incremental.STATE, "served"):
+    if not warehouse.table_exists(con, incremental.STATE, "served"):
         return None
     row = con.execute(
         f"select build_id, size, mtime_ns from {incremental.STATE}.served where path = ?",

@@ -322,7 +322,7 @@ def _run_all(
         incremental.fingerprint(((t.label, t.sql) for t in plan), _marts_dir(plan, folder)),
         ",".join(sorted(present)),
     )
-    found = incremental.families(plan)
+    found = incremental.families(plan, raw_view)
     previous = incremental.last_build(con)
     decisions = incremental.decide(con, found, present, previous, current, full)
     partial = any(d.incremental for d in decisions)  # data_issues is kept, not made anew

@@ -249,6 +249,17 @@ def test_a_mart_of_a_family_without_a_key_is_refused(tmp_path: Path) -> None:
         build_analytics(con, folder)
 
 
+def test_a_record_column_named_like_the_saved_state_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "transforms"
+    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    staging = folder / "staging" / "stg_bizstim__sessions.sql"
+    staging.write_text(staging.read_text().replace("incremental_by: id", "incremental_by: record"))
+    con = duckdb.connect()
+    sessions(con, session("1"))
+    with pytest.raises(incremental.IncrementalError, match="cannot name a column called 'record'"):
+        build_analytics(con, folder)
+
+
 def test_timetap_rebuilds_in_full_beside_an_incremental_bizstim(con) -> None:
     packages(con, {"package_id": "11", "_dlt_load_id": "2"})
     a_night(con)
@@ -322,6 +333,24 @@ def analytics_of(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         return tables(connection)
 
 
+def equals_full_rebuild_and_upstream(env: Any, sim: Any, folder: Path) -> None:
+    """A copy of the warehouse rebuilt in full by `transform --full-rebuild` has the same
+    analytics tables, and `analytics.sessions` holds exactly the simulator's sessions."""
+    copy = folder / env.database.name
+    copy.parent.mkdir()
+    shutil.copy(env.database, copy)
+    built = analytics_of(copy)
+    rebuilt = env.run("transform", "--full-rebuild", "--database", str(copy))
+    assert rebuilt.code == 0, rebuilt.stderr
+    assert "analytics build: full (bizstim.sessions: --full-rebuild)" in rebuilt.stdout
+    assert analytics_of(copy) == built
+    expected = {
+        (name, int(row["id"])) for name, account in sim.accounts.items()
+        for row in account.bizstim.rows()
+    }  # fmt: skip
+    assert {(row[-1], row[0]) for row in built["sessions"]} == expected
+
+
 def test_nights_through_the_cli_build_incrementally_and_equal_a_full_rebuild(
     tmp_path: Path,
 ) -> None:
@@ -345,20 +374,7 @@ def test_nights_through_the_cli_build_incrementally_and_equal_a_full_rebuild(
             assert result.code == 0, result.stderr
             expect = f"analytics build: incremental (bizstim.sessions: {changed} records changed)"
             assert expect in result.stdout
-            copy = tmp_path / f"night{night}" / env.database.name
-            copy.parent.mkdir()
-            shutil.copy(env.database, copy)
-            incremental_tables = analytics_of(copy)
-            rebuilt = env.run("transform", "--full-rebuild", "--database", str(copy))
-            assert rebuilt.code == 0, rebuilt.stderr
-            assert "analytics build: full (bizstim.sessions: --full-rebuild)" in rebuilt.stdout
-            assert analytics_of(copy) == incremental_tables
-            expected = {
-                (name, int(row["id"]))
-                for name, account in sim.accounts.items()
-                for row in account.bizstim.rows()
-            }
-            assert {(row[-1], row[0]) for row in incremental_tables["sessions"]} == expected
+            equals_full_rebuild_and_upstream(env, sim, tmp_path / f"night{night}")
 
 
 # a kill during the extract leaves the warehouse as it was (tests/test_crash.py, every point):
@@ -387,15 +403,4 @@ def test_a_kill_during_an_incremental_night_is_made_exact_by_the_next_run(
         result = env.run("run")
         assert result.code == 0, result.stderr
         assert "analytics build: incremental (bizstim.sessions:" in result.stdout
-        copy = tmp_path / "copy" / env.database.name
-        copy.parent.mkdir()
-        shutil.copy(env.database, copy)
-        built = analytics_of(copy)
-        assert env.run("transform", "--full-rebuild", "--database", str(copy)).code == 0
-        assert analytics_of(copy) == built
-        expected = {
-            (name, int(row["id"]))
-            for name, account in sim.accounts.items()
-            for row in account.bizstim.rows()
-        }
-        assert {(row[-1], row[0]) for row in built["sessions"]} == expected
+        equals_full_rebuild_and_upstream(env, sim, tmp_path / "copy")
