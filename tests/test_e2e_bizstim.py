@@ -40,12 +40,17 @@ def test_pages_are_fetched_concurrently_and_overlap_by_one_row(
 ) -> None:
     env = make_env(sim, tmp_path, timetap=False)
     env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "100"
+    env.vars["SOURCES__BIZSTIM__CONCURRENCY"] = "3"
     sim.latency = 0.05
+    sim.reset_log()
     assert env.run("run").code == 0
     paths = [p for _, p, status in sim.request_log if p.startswith("/bizstim") and status == 200]
     starts = sorted(int(p.split("/")[-2]) for p in paths)
     # 600 sessions in pages of 100 that share one row: starts 0, 99, 198, ...
     assert starts == list(range(0, 600 - 1, 99))
+    # the six pages after the first go three at a time: the setting bounds requests on the
+    # wire, although the client runs more threads than that (some decode while others fetch)
+    assert sim.peak_in_flight == 3
     assert current_raw(env) == upstream(sim)
 
 

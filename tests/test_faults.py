@@ -179,11 +179,16 @@ def test_a_listing_that_never_settles_fails_without_writing(sim: Simulator, tmp_
     assert warehouse(job) == before
 
 
+@pytest.mark.parametrize("while_starting", ["decoded here", "wait for the workers"])
 def test_big_sweeps_decode_pages_in_worker_processes_with_the_same_retry_rules(
-    sim: Simulator, tmp_path: Path
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, while_starting: str
 ) -> None:
+    from practice_sync.bizstim import helpers
     from practice_sync.bizstim.helpers import PROCESS_POOL_MIN_PAGES
 
+    monkeypatch.setattr(
+        helpers, "DECODE_WHILE_WORKERS_START", while_starting == "decoded here"
+    )
     page_size = 12  # 600 sessions: 55 pages, enough for the worker-process path
     assert 600 // (page_size - 1) >= PROCESS_POOL_MIN_PAGES
     sim.add_fault(Fault(path=r"/sessions/", kind="badjson", times=1, after=10))

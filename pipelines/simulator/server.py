@@ -99,6 +99,8 @@ class Simulator:
         self._hooks = HookBook()
         self._log_lock = threading.Lock()
         self._log: list[tuple[str, str, int]] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
 
     def add_account(
         self,
@@ -230,6 +232,19 @@ class Simulator:
     def reset_log(self) -> None:
         with self._log_lock:
             self._log.clear()
+            self._peak_in_flight = self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests being answered at once since the start or `reset_log`: what a
+        vendor sees of a client's concurrency."""
+        with self._log_lock:
+            return self._peak_in_flight
+
+    def _count_in_flight(self, change: int) -> None:
+        with self._log_lock:
+            self._in_flight += change
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     # -- request handling (called from handler threads) ------------------------------------
 
@@ -241,6 +256,13 @@ class Simulator:
         return None, []
 
     def _serve(self, handler: _Handler) -> None:
+        self._count_in_flight(1)
+        try:
+            self._answer(handler)
+        finally:
+            self._count_in_flight(-1)
+
+    def _answer(self, handler: _Handler) -> None:
         method = handler.command
         url = urlsplit(handler.path)
         path = url.path
