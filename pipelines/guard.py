@@ -95,8 +95,11 @@ class DeletionGuard:
         )
         seen_ids = _as_array(seen)
         candidates = pc.drop_null(_as_array(kept))
-        gone = candidates.filter(pc.invert(pc.is_in(candidates, value_set=seen_ids)))
-        return Review(held=len(pc.drop_null(_as_array(held))), seen=len(seen_ids), vanished=gone)
+        return Review(
+            held=len(held) - held.null_count,
+            seen=len(seen_ids),
+            vanished=candidates.filter(pc.invert(is_in(candidates, seen_ids))),
+        )
 
     def permit(self, review: Review, confirmed_gone: int | None = None) -> bool:
         """Whether the vanished records may be retired: always when few vanished or a person
@@ -312,6 +315,46 @@ class Changes:
             )
             columns = [self.held.keys.take(rows), self.held.hashes.take(rows)]
             yield pa.Table.from_arrays(columns, schema=schema)
+
+
+def canonical_ints(ids: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """The non-null ids as int64, when every one is an integer written the one canonical way
+    ('42', '-7'; not '007', '+7', ' 7' or '4.0', which are other ids than '7'); None otherwise.
+
+    Sets of a sweep's ids are then compared as numbers sorted by numpy instead of strings hashed
+    by Arrow, whose hash tables held ~630 MB at the end of a 5,000,000-session sweep.
+    """
+    values = pc.drop_null(_as_array(ids))
+    if not pa.types.is_string(values.type):
+        return None
+    try:
+        numbers = pc.cast(values, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if len(values) and not pc.all(pc.equal(pc.cast(numbers, pa.string()), values)).as_py():
+        return None
+    return numbers.to_numpy()
+
+
+def all_distinct(ids: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether no non-null id appears twice."""
+    numbers = canonical_ints(ids)
+    if numbers is None:
+        return bool(pc.count_distinct(ids).as_py() == len(ids) - ids.null_count)
+    numbers = np.sort(numbers)  # a copy: Arrow's buffer is read-only
+    return not bool((numbers[1:] == numbers[:-1]).any())
+
+
+def is_in(values: pa.Array, value_set: pa.Array) -> pa.Array:
+    """`pc.is_in` for two arrays of ids without nulls in `values`; numeric when both are
+    canonical integers (see `canonical_ints`), nothing at all to compare when `values` is empty
+    (a first sync)."""
+    if not len(values):
+        return pa.array([], pa.bool_())
+    numbers, numeric_set = canonical_ints(values), canonical_ints(value_set)
+    if numbers is None or numeric_set is None:
+        return pc.is_in(values, value_set=value_set)
+    return pa.array(np.isin(numbers, numeric_set))
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -342,12 +342,12 @@ class HttpClient:
 
         Twice as many threads as request slots: while some decode what they fetched (a Bizstim
         page waits ~10 ms for a parse worker), the others keep every slot busy, so a sweep at
-        150 ms latency runs at the pace of its round trips. At most two results per thread wait
+        150 ms latency runs at the pace of its round trips. At most one result per thread waits
         in memory, so a million-row sweep streams instead of piling up; closing the generator
         cancels what has not started.
         """
         threads = 2 * self.concurrency
-        window = 2 * threads
+        window = threads
         pending: deque[Future[R]] = deque()
         source = iter(items)
         pool = ThreadPoolExecutor(threads, thread_name_prefix=self.names.section)

@@ -18,6 +18,7 @@ from typing import Any
 import dlt
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import Env, make_env
 
@@ -359,3 +360,45 @@ def test_the_hash_index_steps_aside_for_hashes_that_are_not_ours() -> None:
     assert changes.index is None
     batch = pa.table({"id": ["a", "c"], ROW_HASH: ["h1", "h3"]})
     assert changes.keep(batch).to_pylist() == [{"id": "c", ROW_HASH: "h3"}]
+
+
+# -- sets of ids: numbers when they are canonical integers, strings otherwise --------------------
+
+
+def test_ids_are_compared_as_numbers_only_when_every_one_is_written_canonically() -> None:
+    ids = pa.chunked_array([["7", None, "-12"], ["900000000001"]], pa.string())
+    assert guard.canonical_ints(ids).tolist() == [7, -12, 900000000001]
+    assert guard.canonical_ints(pa.array([], pa.string())).tolist() == []
+    for other in ("007", "+7", " 7", "7.0", "1e3", "-0", "abc", ""):
+        assert guard.canonical_ints(pa.array(["1", other], pa.string())) is None, other
+
+
+@pytest.mark.parametrize(
+    ("ids", "distinct"),
+    [
+        (["3", "1", "2", None, None], True),  # NULLs are rows without an id, not repeats
+        (["3", "1", "3"], False),
+        (["7", "007"], True),  # two ids, as Bizstim sent them
+        (["abc", "7", "abc"], False),
+        ([], True),
+    ],
+)
+def test_a_repeated_id_is_found_both_ways(ids: list[str | None], distinct: bool) -> None:
+    assert guard.all_distinct(pa.chunked_array([ids], pa.string())) is distinct
+
+
+def test_vanished_ids_are_the_same_compared_as_numbers_or_as_strings() -> None:
+    held_ids = pa.array([str(i) for i in range(0, 5000, 3)], pa.string())
+    seen = pa.array([str(i) for i in range(0, 5000, 2)], pa.string())
+    numeric = guard.is_in(held_ids, seen)
+    assert guard.canonical_ints(seen) is not None
+    assert numeric.to_pylist() == pc.is_in(held_ids, value_set=seen).to_pylist()
+    assert numeric.true_count == len(range(0, 5000, 6))
+    # one id that is not a canonical integer: compared as strings, '7' is not '007'
+    strings = pa.array(["7", "8", "x"], pa.string())
+    assert guard.is_in(strings, pa.array(["007", "8", "x"], pa.string())).to_pylist() == [
+        False,
+        True,
+        True,
+    ]
+    assert guard.is_in(pa.array([], pa.string()), seen).to_pylist() == []

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from practice_sync import context
+from practice_sync import context, guard
 from practice_sync.errors import NotFound, SourceUnavailable, SweepInconsistent, find_cause
 from practice_sync.failpoints import failpoint
 from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames, parse_json
@@ -225,8 +224,7 @@ class Sweep:
         return pa.chunked_array(self.id_chunks, type=pa.string())
 
     def _check_unique_ids(self) -> None:
-        ids = self.ids()
-        if pc.count_distinct(ids).as_py() != len(ids) - ids.null_count:
+        if not guard.all_distinct(self.ids()):
             self.problems.append("a session id appeared twice in one sweep")
 
     def raise_if_inconsistent(self) -> None:
