@@ -1,8 +1,8 @@
 """The HTTP layer's rules without a server: backoff delays, `Retry-After`, and how every outcome of
 an attempt is sorted into a result, a retry, or a typed error.
 
-`interrupt.sleep` is replaced by a recorder, so no test here waits for a backoff; a fake session
-stands in for requests' (real `requests.Response` objects, scripted per call).
+`interrupt.sleep` is replaced by a recorder, so no test here waits for a backoff; a fake pool
+stands in for urllib3's (real `urllib3.HTTPResponse` objects and exceptions, scripted per call).
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-import requests
-from requests.structures import CaseInsensitiveDict
+import urllib3
+from urllib3.exceptions import (
+    DecodeError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from practice_sync import interrupt
 from practice_sync.errors import (
@@ -205,39 +212,37 @@ def test_a_stop_requested_earlier_prevents_the_next_attempt(slept: list[float]) 
 
 
 def response(status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> Any:
-    reply = requests.Response()
-    reply.status_code = status
-    reply._content = body
-    reply.headers = CaseInsensitiveDict(headers or {})
-    return reply
+    return urllib3.HTTPResponse(body=body, status=status, headers=headers or {})
 
 
-class FakeSession:
+class FakePool:
     """Answers (or raises) as scripted, the last outcome repeating; records what was asked."""
 
     def __init__(self, outcomes: tuple[Any, ...]) -> None:
         self.outcomes = outcomes
         self.urls: list[str] = []
+        self.headers: dict[str, str] = {}
 
-    def get(self, url: str, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
         self.urls.append(url)
         outcome = self.outcomes[min(len(self.urls), len(self.outcomes)) - 1]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def close(self) -> None:
+    def clear(self) -> None:
         pass
 
 
-def client(*outcomes: Any, attempts: int = 4) -> tuple[HttpClient, FakeSession]:
+def client(*outcomes: Any, attempts: int = 4) -> tuple[HttpClient, FakePool]:
     http = HttpClient(
         NAMES,
         "https://api.example.test/v1",
         policy=RetryPolicy(max_attempts=attempts, backoff_base=0.01, backoff_cap=0.02),
     )
-    http.session = FakeSession(outcomes)  # type: ignore[assignment]
-    return http, http.session  # type: ignore[return-value]
+    pool = FakePool(outcomes)
+    http._pool = pool  # type: ignore[assignment]
+    return http, pool
 
 
 def ok(data: bytes) -> Any:
@@ -248,10 +253,10 @@ def ok(data: bytes) -> Any:
 def test_transient_statuses_are_retried_and_counted(
     slept: list[float], caplog: pytest.LogCaptureFixture, status: int
 ) -> None:
-    http, session = client(response(status, b"busy"), response(status, b"busy"), response(200))
+    http, pool = client(response(status, b"busy"), response(status, b"busy"), response(200))
     with caplog.at_level(logging.WARNING, logger="practice_sync.http"):
         assert http.get("/sessions/100/100", ok, params={"key": "SECRET"}) == "{}"
-    assert len(session.urls) == 3 and len(slept) == 2
+    assert len(pool.urls) == 3 and len(slept) == 2
     assert (http.stats.requests, http.stats.retries, http.stats.bytes) == (3, 2, 10)
     assert [r.getMessage().rsplit(" in ", 1)[0] for r in caplog.records] == [
         f"Bizstim /sessions: HTTP {status}; retry 1 of 3",
@@ -262,7 +267,7 @@ def test_transient_statuses_are_retried_and_counted(
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_rejected_credentials_are_not_retried(slept: list[float], status: int) -> None:
-    http, session = client(response(status), response(200))
+    http, pool = client(response(status), response(200))
     with pytest.raises(AuthRejected) as caught:
         http.get("/sessions/0/100", ok)
     assert str(caught.value) == (
@@ -271,11 +276,11 @@ def test_rejected_credentials_are_not_retried(slept: list[float], status: int) -
     )
     assert caught.value.exit_code == ExitCode.AUTH_FAILED
     assert not isinstance(caught.value, SourceUnavailable)
-    assert len(session.urls) == 1 and http.stats.retries == 0 and slept == []
+    assert len(pool.urls) == 1 and http.stats.retries == 0 and slept == []
 
 
 def test_not_found_is_not_retried_and_names_the_endpoint(slept: list[float]) -> None:
-    http, session = client(response(200), response(404, b'{"error": "Not found"}'), response(200))
+    http, pool = client(response(200), response(404, b'{"error": "Not found"}'), response(200))
     http.get("/package", ok)  # the base URL reaches the API ...
     with pytest.raises(NotFound) as caught:  # ... so a later 404 is about the record
         http.get("/package/4711", ok)
@@ -286,11 +291,11 @@ def test_not_found_is_not_retried_and_names_the_endpoint(slept: list[float]) -> 
     assert caught.value.endpoint == "/package"
     assert caught.value.exit_code == ExitCode.SOURCE_FAILED
     assert not isinstance(caught.value, RetriesExhausted)
-    assert len(session.urls) == 2 and slept == []
+    assert len(pool.urls) == 2 and slept == []
 
 
 def test_not_found_on_the_first_call_is_a_wrong_base_url(slept: list[float]) -> None:
-    http, session = client(response(404, b'{"error": "Not found"}'), response(200))
+    http, pool = client(response(404, b'{"error": "Not found"}'), response(200))
     with pytest.raises(ConfigError) as caught:
         http.get("/sessions/0/1000?x=1", ok)
     assert str(caught.value) == (
@@ -298,11 +303,11 @@ def test_not_found_on_the_first_call_is_a_wrong_base_url(slept: list[float]) -> 
         "check sources.bizstim.base_url (SOURCES__BIZSTIM__BASE_URL)."
     )
     assert caught.value.exit_code == ExitCode.USAGE
-    assert len(session.urls) == 1 and slept == []
+    assert len(pool.urls) == 1 and slept == []
 
 
 def test_exhausted_retries_say_how_often_and_why(slept: list[float]) -> None:
-    http, session = client(response(500), response(503))
+    http, pool = client(response(500), response(503))
     with pytest.raises(RetriesExhausted) as caught:
         http.get("/sessions/0/100", ok)
     assert str(caught.value) == (
@@ -312,39 +317,42 @@ def test_exhausted_retries_say_how_often_and_why(slept: list[float]) -> None:
     assert (caught.value.attempts, caught.value.problem) == (4, "HTTP 503")
     assert caught.value.exit_code == ExitCode.SOURCE_FAILED
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
-    assert len(session.urls) == 4 and len(slept) == 3
+    assert len(pool.urls) == 4 and len(slept) == 3
     assert (http.stats.requests, http.stats.retries) == (4, 3)
 
 
 KEYED_URL = "/sessionToken?apiKey=SECRET-KEY"
 
 
+def wrapped(reason: Exception) -> MaxRetryError:
+    """As urllib3 raises a failed attempt: wrapped, with the URL (and its key) in the text."""
+    return MaxRetryError(None, KEYED_URL, reason)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("error", "problem"),
     [
         (
-            requests.exceptions.ConnectionError(
-                f"Max retries exceeded with url: {KEYED_URL} (Caused by "
-                "ProtocolError('Connection aborted.', RemoteDisconnected('closed')))"
-            ),
+            wrapped(ProtocolError("Connection aborted.", ConnectionResetError("reset by peer"))),
             "connection dropped",
         ),
+        (ProtocolError("Connection aborted.", OSError("RemoteDisconnected")), "connection dropped"),
         (
-            requests.exceptions.ReadTimeout(f"Read timed out. {KEYED_URL}"),
+            wrapped(ReadTimeoutError(None, KEYED_URL, "Read timed out.")),  # type: ignore[arg-type]
             "no answer within the timeout",
         ),
-        (requests.exceptions.ChunkedEncodingError(KEYED_URL), "a body cut off mid-way"),
         (
-            requests.exceptions.ContentDecodingError(KEYED_URL),
-            "a broken response (ContentDecodingError)",
+            ProtocolError(f"Connection broken: IncompleteRead(10 bytes read) {KEYED_URL}"),
+            "a body cut off mid-way",
         ),
+        (DecodeError(f"gzip: invalid header {KEYED_URL}"), "a broken response (DecodeError)"),
     ],
-    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+    ids=["reset", "disconnected", "timeout", "cut-off", "decoding"],
 )
 def test_broken_connections_are_retried_then_worded_without_the_url(
     slept: list[float], caplog: pytest.LogCaptureFixture, error: Exception, problem: str
 ) -> None:
-    http, session = client(error, attempts=3)
+    http, pool = client(error, attempts=3)
     with caplog.at_level(logging.WARNING, logger="practice_sync.http"):
         with pytest.raises(RetriesExhausted) as caught:
             http.get("/sessionToken", ok, params={"apiKey": "SECRET-KEY"})
@@ -352,7 +360,7 @@ def test_broken_connections_are_retried_then_worded_without_the_url(
         f"Bizstim kept failing on /sessionToken after 3 attempts ({problem}); "
         "nothing from this run was applied."
     )
-    assert len(session.urls) == 3
+    assert len(pool.urls) == 3
     assert (http.stats.requests, http.stats.retries, http.stats.bytes) == (0, 2, 0)
     assert len(caplog.records) == 2
     assert "SECRET" not in caplog.text
@@ -362,17 +370,20 @@ def test_broken_connections_are_retried_then_worded_without_the_url(
     ("cause", "problem"),
     [
         (
-            "NewConnectionError('Failed to establish a new connection: [Errno 111] refused')",
+            NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused"),  # type: ignore[arg-type]
             "cannot connect",
         ),
-        ("NameResolutionError('Failed to resolve api.example.test')", "host not found"),
+        (
+            NameResolutionError("api.example.test", None, OSError("Name or service not known")),  # type: ignore[arg-type]
+            "host not found",
+        ),
     ],
+    ids=["refused", "dns"],
 )
 def test_an_unreachable_host_asks_to_check_the_base_url(
-    slept: list[float], cause: str, problem: str
+    slept: list[float], cause: Exception, problem: str
 ) -> None:
-    error = requests.exceptions.ConnectionError(f"url: {KEYED_URL} (Caused by {cause})")
-    http, _ = client(error)
+    http, _ = client(wrapped(cause))
     with pytest.raises(RetriesExhausted) as caught:
         http.get("/sessions/0/100", ok)
     assert str(caught.value) == (
@@ -387,9 +398,9 @@ def test_a_body_that_breaks_its_promise_is_retried_like_a_5xx(slept: list[float]
         if not isinstance(data, list):
             raise BadBody("a body that is not a JSON array")
 
-    http, session = client(response(200, b'{"error": 1}'), response(200, b"[1, 2]"))
+    http, pool = client(response(200, b'{"error": 1}'), response(200, b"[1, 2]"))
     assert http.get_json("/clientIdList", check=check).data == [1, 2]
-    assert (len(session.urls), http.stats.retries, http.stats.bytes) == (2, 1, 18)
+    assert (len(pool.urls), http.stats.retries, http.stats.bytes) == (2, 1, 18)
 
     http, _ = client(response(200, b'{"error": 1'), attempts=2)
     with pytest.raises(RetriesExhausted) as caught:
@@ -404,10 +415,10 @@ def test_a_decoder_bug_is_not_retried(slept: list[float]) -> None:
     def decode(body: bytes) -> Any:
         raise KeyError("total")
 
-    http, session = client(response(200), response(200))
+    http, pool = client(response(200), response(200))
     with pytest.raises(KeyError):
         http.get("/sessions/0/100", decode)
-    assert len(session.urls) == 1 and slept == []
+    assert len(pool.urls) == 1 and slept == []
 
 
 def test_retry_after_from_the_server_sets_the_pause(
@@ -428,3 +439,23 @@ def test_retry_after_from_the_server_sets_the_pause(
 def test_at_least_one_attempt_is_required() -> None:
     with pytest.raises(ConfigError, match=r"SOURCES__BIZSTIM__MAX_ATTEMPTS"):
         HttpClient(NAMES, "https://api.example.test", policy=RetryPolicy(max_attempts=0))
+
+
+def test_a_proxy_from_the_environment_carries_the_requests(
+    sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As requests would: HTTP_PROXY is read when the client is made, and every request goes
+    through it. The simulator answers a proxied (absolute-URI) request like a direct one, so
+    a host that does not exist is reached only if the proxy really carried the request."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sim.url)  # http://127.0.0.1:<port>
+    http = HttpClient(NAMES, "http://bizstim.example.invalid/bizstim/api")
+    sim.reset_log()
+    page = http.get_json("/sessions/0/10", headers={"x-api-key": sim.bizstim_api_key}).data
+    assert [row["id"] for row in page["response"]] == [row["id"] for row in sim.bizstim.rows()[:10]]
+    assert [path for _, path, _ in sim.request_log] == ["/bizstim/api/sessions/0/10"]
+    monkeypatch.delenv("HTTP_PROXY")
+    direct = HttpClient(NAMES, "http://bizstim.example.invalid/bizstim/api", policy=RetryPolicy(1))
+    with pytest.raises(RetriesExhausted, match="host not found"):
+        direct.get_json("/sessions/0/10")

@@ -176,7 +176,10 @@ class Sweep:
             warm = self._pool.submit(decode_page, 0, b'{"total": 0, "response": []}')
             warm.add_done_callback(lambda _: self._pool_ready.set())
         try:
-            for number, page in enumerate(self.client.map_ordered(self.fetch, starts), 1):
+            # twice the threads of the request slots: half of them wait for parse workers
+            threads = 2 * self.client.concurrency
+            pages = self.client.map_ordered(self.fetch, starts, threads)
+            for number, page in enumerate(pages, 1):
                 if number == 2:
                     failpoint("mid-extract")
                 self._check_boundary(previous, page)
