@@ -194,8 +194,13 @@ def test_big_sweeps_decode_pages_in_worker_processes_with_the_same_retry_rules(
     sim.add_fault(Fault(path=r"/sessions/", kind="badjson", times=1, after=10))
     sim.add_fault(Fault(path=r"/sessions/", kind="failure", times=1, after=20))
     sim.add_fault(Fault(path=r"/sessions/", kind="truncate", times=1, after=30))
-    job = job_for(sim, tmp_path, page_size=page_size, parse_processes=2)
+    job = job_for(sim, tmp_path, page_size=page_size, parse_processes=2, concurrency=3)
+    job.overrides["timetap"]["concurrency"] = 3  # the sources run one after the other
+    sim.latency = 0.02
+    sim.reset_log()
     report, code = run(job)
     assert code == ExitCode.OK, report.render()
     assert report.sources[0].http.retries == 3
     assert warehouse(job)[0] == upstream(sim)[0]
+    # six threads fetch (half of them wait for the workers), three requests are on the wire
+    assert sim.peak_in_flight == 3

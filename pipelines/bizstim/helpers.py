@@ -176,8 +176,10 @@ class Sweep:
             warm = self._pool.submit(decode_page, 0, b'{"total": 0, "response": []}')
             warm.add_done_callback(lambda _: self._pool_ready.set())
         try:
-            # twice the threads of the request slots: half of them wait for parse workers
-            threads = 2 * self.client.concurrency
+            # with parse workers, twice the threads of the request slots: half of them wait for
+            # a worker while the others keep the slots busy; without, decoding is Python in these
+            # threads, and more of them would only contend for the GIL and hold more pages
+            threads = self.client.concurrency * (2 if self._pool is not None else 1)
             pages = self.client.map_ordered(self.fetch, starts, threads)
             for number, page in enumerate(pages, 1):
                 if number == 2:
