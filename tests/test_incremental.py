@@ -173,10 +173,7 @@ def test_a_row_copied_twice_makes_the_build_full(con) -> None:
 
 
 def test_changed_transforms_make_the_build_full(con, tmp_path: Path) -> None:
-    folder = tmp_path / "transforms"
-    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    mart = folder / "marts" / "sessions.sql"
-    mart.write_text(mart.read_text() + "\n")
+    folder = edited_transforms(tmp_path, "marts/sessions.sql", "\nselect", "\n\nselect")
     build = build_analytics(con, folder)
     assert (
         build.summary == "full (bizstim.sessions: the transforms, the contract or DuckDB changed)"
@@ -221,42 +218,52 @@ def test_a_failing_build_rolls_back_analytics_and_state_together(con, tmp_path: 
     equals_full_rebuild(con, build)
 
 
-def test_a_model_of_a_family_that_reads_the_clock_is_refused(tmp_path: Path) -> None:
+def edited_transforms(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    """A copy of the project's transforms with `old` replaced by `new` in one file."""
     folder = tmp_path / "transforms"
     shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    mart = folder / "marts" / "sessions.sql"
-    mart.write_text(
-        mart.read_text().replace(
-            "valid_from,\n        account", "current_timestamp as valid_from,\n        account"
-        )
-    )
+    edited = folder / file
+    text = edited.read_text()
+    assert old in text, f"{file} no longer holds {old!r}"
+    edited.write_text(text.replace(old, new))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "refusal"),
+    [
+        (
+            "marts/sessions.sql",
+            "valid_from,\n        account",
+            "current_timestamp as valid_from,\n        account",
+            "marts/sessions.sql reads the clock",
+        ),
+        (
+            "marts/session_history.sql",
+            "-- incremental_key: session_id\n",
+            "",
+            "session_history.sql depends on an incremental model",
+        ),
+        (
+            "staging/stg_bizstim__sessions.sql",
+            "incremental_by: id",
+            "incremental_by: record",
+            "cannot name a column called 'record'",
+        ),
+    ],
+    ids=[
+        "a model reading the clock",
+        "a mart without a key",
+        "a record column named like the state",
+    ],
+)
+def test_a_family_the_incremental_build_cannot_keep_exact_is_refused(
+    tmp_path: Path, file: str, old: str, new: str, refusal: str
+) -> None:
+    folder = edited_transforms(tmp_path, file, old, new)
     con = duckdb.connect()
     sessions(con, session("1"))
-    with pytest.raises(incremental.IncrementalError, match="marts/sessions.sql reads the clock"):
-        build_analytics(con, folder)
-
-
-def test_a_mart_of_a_family_without_a_key_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "transforms"
-    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    mart = folder / "marts" / "session_history.sql"
-    mart.write_text(mart.read_text().replace("-- incremental_key: session_id\n", ""))
-    con = duckdb.connect()
-    sessions(con, session("1"))
-    with pytest.raises(
-        incremental.IncrementalError, match="session_history.sql depends on an incremental model"
-    ):
-        build_analytics(con, folder)
-
-
-def test_a_record_column_named_like_the_saved_state_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "transforms"
-    shutil.copytree(TRANSFORMS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    staging = folder / "staging" / "stg_bizstim__sessions.sql"
-    staging.write_text(staging.read_text().replace("incremental_by: id", "incremental_by: record"))
-    con = duckdb.connect()
-    sessions(con, session("1"))
-    with pytest.raises(incremental.IncrementalError, match="cannot name a column called 'record'"):
+    with pytest.raises(incremental.IncrementalError, match=refusal):
         build_analytics(con, folder)
 
 
