@@ -74,7 +74,8 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)  # other libraries: warnings only
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # urllib3 logs full URLs at debug level, and TimeTap's token URL carries the api key
+    # urllib3 (under requests, which dlt and the PostgreSQL publisher use) logs full URLs at
+    # debug level; a URL can carry a key, as TimeTap's token URL does
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 

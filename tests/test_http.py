@@ -1,29 +1,26 @@
 """The HTTP layer's rules without a server: backoff delays, `Retry-After`, and how every outcome of
 an attempt is sorted into a result, a retry, or a typed error.
 
-`interrupt.sleep` is replaced by a recorder, so no test here waits for a backoff; a fake pool
-stands in for urllib3's (real `urllib3.HTTPResponse` objects and exceptions, scripted per call).
+`interrupt.sleep` is replaced by a recorder, so no test here waits for a backoff; a fake transport
+stands in for libcurl's (answers and real `pycurl.error`s, scripted per call). The last tests talk
+to the simulator over loopback sockets: the proxy, and each way a connection fails, worded.
 """
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import logging
 import random
 import signal
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, ClassVar
 
+import pycurl
 import pytest
-import urllib3
-from urllib3.exceptions import (
-    DecodeError,
-    MaxRetryError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
 
 from practice_sync import interrupt
 from practice_sync.errors import (
@@ -43,6 +40,7 @@ from practice_sync.http import (
     Transient,
     parse_retry_after,
 )
+from practice_sync.simulator import Fault
 
 NAMES = SourceNames("Bizstim", "bizstim")
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -211,37 +209,44 @@ def test_a_stop_requested_earlier_prevents_the_next_attempt(slept: list[float]) 
 # --- the client: one attempt, sorted -------------------------------------------------------
 
 
-def response(status: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> Any:
-    return urllib3.HTTPResponse(body=body, status=status, headers=headers or {})
+def response(
+    status: int, body: bytes = b"{}", headers: dict[str, str] | None = None
+) -> tuple[int, str | None, bytes]:
+    """As `CurlTransport.get` answers: status, the Retry-After header as sent, the body."""
+    return status, (headers or {}).get("Retry-After"), body
 
 
-class FakePool:
+class FakeTransport:
     """Answers (or raises) as scripted, the last outcome repeating; records what was asked."""
+
+    proxied = False
 
     def __init__(self, outcomes: tuple[Any, ...]) -> None:
         self.outcomes = outcomes
         self.urls: list[str] = []
-        self.headers: dict[str, str] = {}
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+    def header_lines(self, headers: dict[str, str] | None) -> list[str]:
+        return [f"{name}: {value}" for name, value in (headers or {}).items()]
+
+    def get(self, url: str, header_lines: list[str]) -> Any:
         self.urls.append(url)
         outcome = self.outcomes[min(len(self.urls), len(self.outcomes)) - 1]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def clear(self) -> None:
+    def close(self) -> None:
         pass
 
 
-def client(*outcomes: Any, attempts: int = 4) -> tuple[HttpClient, FakePool]:
+def client(*outcomes: Any, attempts: int = 4) -> tuple[HttpClient, FakeTransport]:
     http = HttpClient(
         NAMES,
         "https://api.example.test/v1",
         policy=RetryPolicy(max_attempts=attempts, backoff_base=0.01, backoff_cap=0.02),
     )
-    pool = FakePool(outcomes)
-    http._pool = pool  # type: ignore[assignment]
+    pool = FakeTransport(outcomes)
+    http._transport = pool  # type: ignore[assignment]
     return http, pool
 
 
@@ -321,33 +326,45 @@ def test_exhausted_retries_say_how_often_and_why(slept: list[float]) -> None:
     assert (http.stats.requests, http.stats.retries) == (4, 3)
 
 
-KEYED_URL = "/sessionToken?apiKey=SECRET-KEY"
+KEYED = "https://api.example.test/v1/sessionToken?apiKey=SECRET-KEY"
 
 
-def wrapped(reason: Exception) -> MaxRetryError:
-    """As urllib3 raises a failed attempt: wrapped, with the URL (and its key) in the text."""
-    return MaxRetryError(None, KEYED_URL, reason)  # type: ignore[arg-type]
+def curl_error(code: int, message: str) -> pycurl.error:
+    """As pycurl raises a failed transfer: libcurl's code and its message (which may name the
+    host or URL)."""
+    return pycurl.error(code, message)
 
 
 @pytest.mark.parametrize(
     ("error", "problem"),
     [
+        (curl_error(56, "Recv failure: Connection reset by peer"), "connection dropped"),
+        (curl_error(52, "Empty reply from server"), "connection dropped"),
         (
-            wrapped(ProtocolError("Connection aborted.", ConnectionResetError("reset by peer"))),
-            "connection dropped",
-        ),
-        (ProtocolError("Connection aborted.", OSError("RemoteDisconnected")), "connection dropped"),
-        (
-            wrapped(ReadTimeoutError(None, KEYED_URL, "Read timed out.")),  # type: ignore[arg-type]
+            curl_error(
+                28, "Operation too slow. Less than 1 bytes/sec transferred the last 2 seconds"
+            ),
             "no answer within the timeout",
         ),
         (
-            ProtocolError(f"Connection broken: IncompleteRead(10 bytes read) {KEYED_URL}"),
+            curl_error(18, f"transfer closed with 3567 bytes remaining to read {KEYED}"),
             "a body cut off mid-way",
         ),
-        (DecodeError(f"gzip: invalid header {KEYED_URL}"), "a broken response (DecodeError)"),
+        (
+            curl_error(56, "Illegal or missing hexadecimal sequence in chunked-encoding"),
+            "a body cut off mid-way",
+        ),
+        (
+            curl_error(61, f"Error while processing content unencoding: {KEYED}"),
+            "a broken response (content encoding)",
+        ),
+        (
+            curl_error(47, "Maximum (10) redirects followed"),
+            "a broken response (too many redirects)",
+        ),
+        (curl_error(8, f"Weird server reply {KEYED}"), "a broken response (curl error 8)"),
     ],
-    ids=["reset", "disconnected", "timeout", "cut-off", "decoding"],
+    ids=["reset", "empty", "timeout", "cut-off", "bad-chunk", "decoding", "redirects", "weird"],
 )
 def test_broken_connections_are_retried_then_worded_without_the_url(
     slept: list[float], caplog: pytest.LogCaptureFixture, error: Exception, problem: str
@@ -370,20 +387,19 @@ def test_broken_connections_are_retried_then_worded_without_the_url(
     ("cause", "problem"),
     [
         (
-            NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused"),  # type: ignore[arg-type]
+            curl_error(7, "Failed to connect to api.example.test port 443: Refused"),
             "cannot connect",
         ),
-        (
-            NameResolutionError("api.example.test", None, OSError("Name or service not known")),  # type: ignore[arg-type]
-            "host not found",
-        ),
+        (curl_error(6, "Could not resolve host: api.example.test"), "host not found"),
+        (curl_error(28, "Connection timed out after 10001 milliseconds"), "cannot connect"),
+        (curl_error(60, "SSL certificate problem: unable to get local issuer"), "cannot connect"),
     ],
-    ids=["refused", "dns"],
+    ids=["refused", "dns", "connect-timeout", "certificate"],
 )
 def test_an_unreachable_host_asks_to_check_the_base_url(
     slept: list[float], cause: Exception, problem: str
 ) -> None:
-    http, _ = client(wrapped(cause))
+    http, _ = client(cause)
     with pytest.raises(RetriesExhausted) as caught:
         http.get("/sessions/0/100", ok)
     assert str(caught.value) == (
@@ -459,3 +475,115 @@ def test_a_proxy_from_the_environment_carries_the_requests(
     direct = HttpClient(NAMES, "http://bizstim.example.invalid/bizstim/api", policy=RetryPolicy(1))
     with pytest.raises(RetriesExhausted, match="host not found"):
         direct.get_json("/sessions/0/10")
+
+
+def test_a_failed_connection_to_the_proxy_says_so(slept: list[float]) -> None:
+    http, pool = client(curl_error(7, "Failed to connect to proxy.example.test port 3128"))
+    pool.proxied = True
+    with pytest.raises(RetriesExhausted, match=r"\(cannot connect \(through the proxy\)\)"):
+        http.get("/sessions/0/100", ok)
+
+
+# --- the wire: libcurl against real sockets -------------------------------------------------
+
+
+def wire_client(base_url: str, **policy: Any) -> HttpClient:
+    options = {"max_attempts": 1, "read_timeout": 1.0, "connect_timeout": 2.0, **policy}
+    return HttpClient(NAMES, base_url, policy=RetryPolicy(**options))
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("reset", "connection dropped"),
+        ("truncate", "a body cut off mid-way"),
+        ("slow", "no answer within the timeout"),
+    ],
+)
+def test_each_broken_answer_on_the_wire_is_worded(sim: Any, kind: str, problem: str) -> None:
+    """The simulator breaks the connection as a failing server does; libcurl's failure comes
+    out as the phrase the log and the final sentence use, and the next call is served."""
+    sim.add_fault(Fault(r"/sessions/", kind, delay=3.0 if kind == "slow" else 0.0))
+    http = wire_client(sim.url + "/bizstim/api")
+    key = {"x-api-key": sim.bizstim_api_key}
+    with pytest.raises(RetriesExhausted) as caught:
+        http.get_json("/sessions/0/10", headers=key)
+    assert caught.value.problem == problem
+    assert "127.0.0.1" not in str(caught.value) and sim.bizstim_api_key not in str(caught.value)
+    page = http.get_json("/sessions/0/10", headers=key).data  # the handle is reused afterwards
+    assert [row["id"] for row in page["response"]] == [row["id"] for row in sim.bizstim.rows()[:10]]
+    http.close()
+
+
+def test_a_closed_port_cannot_be_connected_to() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listened
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        http = wire_client(f"http://127.0.0.1:{port}/api")
+        with pytest.raises(RetriesExhausted) as caught:
+            http.get_json("/sessions/0/10")
+    assert str(caught.value) == (
+        f"Bizstim could not be reached at 127.0.0.1:{port} (cannot connect): "
+        "check sources.bizstim.base_url (SOURCES__BIZSTIM__BASE_URL) and the network."
+    )
+
+
+class _Recording(http.server.BaseHTTPRequestHandler):
+    """Redirects `/moved` to `target`, answers anything else with gzip'd JSON and Retry-After
+    headers; records each request's headers."""
+
+    seen: ClassVar[list[tuple[int, str, dict[str, str]]]] = []
+    target = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        port = self.server.server_address[1]
+        self.seen.append((port, self.path, {k.lower(): v for k, v in self.headers.items()}))
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", self.target)
+            self.send_header("Retry-After", "99")  # must not leak into the next answer
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = gzip.compress(b'{"answer": [1, 2, 3]}')
+        self.send_response(503 if self.path == "/busy" else 200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        if self.path == "/busy":
+            self.send_header("retry-after", "7")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_redirects_gzip_and_retry_after_on_the_wire(slept: list[float]) -> None:
+    """A redirect to another origin is followed without the Authorization header (as requests
+    does), a gzip'd answer is decoded, and Retry-After is read from the answer that failed."""
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording) for _ in range(2)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    first, second = (s.server_address[1] for s in servers)
+    _Recording.seen.clear()
+    _Recording.target = f"http://127.0.0.1:{second}/landed"
+    try:
+        client_ = wire_client(f"http://127.0.0.1:{first}", max_attempts=2)
+        auth = {"Authorization": "Bearer SECRET", "x-trace": "1"}
+        assert client_.get_json("/moved", headers=auth).data == {"answer": [1, 2, 3]}
+        assert [(port, path) for port, path, _ in _Recording.seen] == [
+            (first, "/moved"),
+            (second, "/landed"),
+        ]
+        asked, landed = (headers for _, _, headers in _Recording.seen)
+        assert asked["authorization"] == "Bearer SECRET" and "authorization" not in landed
+        assert landed["x-trace"] == "1" and "gzip" in landed["accept-encoding"]
+        assert client_.stats.bytes == len(b'{"answer": [1, 2, 3]}')  # decoded, as parsed
+        with pytest.raises(RetriesExhausted, match=r"after 2 attempts \(HTTP 503\)"):
+            client_.get_json("/busy")
+        assert slept == [7.0]
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
