@@ -74,7 +74,7 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)  # other libraries: warnings only
     log.setLevel(logging.DEBUG if debug else logging.INFO)
-    # urllib3 (under requests, which dlt and the PostgreSQL publisher use) logs full URLs at
+    # urllib3 (under requests, which dlt uses) logs full URLs at
     # debug level; a URL can carry a key, as TimeTap's token URL does
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
