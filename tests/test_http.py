@@ -14,9 +14,12 @@ import logging
 import random
 import signal
 import socket
+import ssl
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pycurl
@@ -587,3 +590,35 @@ def test_redirects_gzip_and_retry_after_on_the_wire(slept: list[float]) -> None:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_https_is_verified_against_the_ca_bundle_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slept: list[float]
+) -> None:
+    """A server whose certificate no known CA signed is refused ("cannot connect"); with its
+    CA in REQUESTS_CA_BUNDLE (as requests reads it) the same server is trusted."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(RetriesExhausted) as caught:
+            wire_client(base).get_json("/data")
+        assert caught.value.problem == "cannot connect"
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert wire_client(base).get_json("/data").data == {"answer": [1, 2, 3]}
+    finally:
+        server.shutdown()
+        server.server_close()
