@@ -423,11 +423,8 @@ def _describe_curl_error(code: int, message: str, proxied: bool = False) -> str:
     if code in _CANNOT_CONNECT:
         return "cannot connect"
     if code == pycurl.E_OPERATION_TIMEDOUT:
-        return (
-            "cannot connect"
-            if "connection time" in message.lower()
-            else ("no answer within the timeout")
-        )
+        connecting = "connection time" in message.lower()  # "Connection timed out after …"
+        return "cannot connect" if connecting else "no answer within the timeout"
     if code == pycurl.E_PARTIAL_FILE or (code in _DROPPED and "chunk" in message.lower()):
         return "a body cut off mid-way"
     if code in _DROPPED:
@@ -514,7 +511,8 @@ class CurlTransport:
             (pycurl.LOW_SPEED_LIMIT, 1),
             (pycurl.LOW_SPEED_TIME, self._stall_s),
             (pycurl.PROXY, self.proxy),  # "" turns libcurl's own environment reading off
-            (pycurl.CAINFO, self._ca),
+            # a folder of certificates is accepted where requests accepts one
+            (pycurl.CAPATH if os.path.isdir(self._ca) else pycurl.CAINFO, self._ca),
         ):
             handle.setopt(option, value)
         return handle

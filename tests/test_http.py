@@ -12,6 +12,7 @@ import gzip
 import http.server
 import logging
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -596,7 +597,7 @@ def test_https_is_verified_against_the_ca_bundle_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slept: list[float]
 ) -> None:
     """A server whose certificate no known CA signed is refused ("cannot connect"); with its
-    CA in REQUESTS_CA_BUNDLE (as requests reads it) the same server is trusted."""
+    CA in REQUESTS_CA_BUNDLE (as requests reads it: a file or a folder) it is trusted."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
@@ -618,6 +619,13 @@ def test_https_is_verified_against_the_ca_bundle_setting(
             wire_client(base).get_json("/data")
         assert caught.value.problem == "cannot connect"
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert wire_client(base).get_json("/data").data == {"answer": [1, 2, 3]}
+        # a folder of certificates (hashed names, as OpenSSL looks them up) works as well
+        folder = tmp_path / "cas"
+        folder.mkdir()
+        shutil.copy(cert, folder / "ours.pem")
+        subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(folder))
         assert wire_client(base).get_json("/data").data == {"answer": [1, 2, 3]}
     finally:
         server.shutdown()
