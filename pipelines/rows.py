@@ -192,9 +192,9 @@ def _finish(
     ) > LONG_VALUE
     for name, column in columns.items():
         flagged: list[tuple[int, str]] = []
-        lengths = pc.utf8_length(column) if long_somewhere else None
-        if lengths is not None and (pc.max(lengths).as_py() or 0) > LONG_VALUE:
-            for index in pc.indices_nonzero(pc.greater(lengths, LONG_VALUE)).to_pylist():
+        if long_somewhere:
+            too_long = pc.greater(pc.utf8_length(column), LONG_VALUE)
+            for index in pc.indices_nonzero(too_long).to_pylist():
                 size = len(column[index].as_py())
                 flagged.append(
                     (index, f"unusually long value ({size:,} characters), loaded in full")
