@@ -42,6 +42,11 @@ import duckdb
 
 from practice_sync.warehouse import table_exists
 
+# the raw union views' row identity (transform._union_views): a number unique across every
+# account's table of one view, so a model can join what it computed over a few narrow columns
+# back to the wide rows (the scd2 window, 02_scd2_history.sql) instead of sorting the wide rows
+RAW_ROW = "_raw_row"
+
 STATE = "analytics_state"  # the warehouse schema of this module's tables (not published)
 FORMAT = "2"  # bump when the state's shape or meaning changes: the next build is full
 _STATE_COLUMNS = ("h", "account", "record", "clean")  # the saved rows' columns
@@ -263,11 +268,12 @@ def _full_reason(previous: tuple[str, str, str] | None, current: tuple[str, str]
 
 
 def _hash_rows(con: duckdb.DuckDBPyConnection, family: Family) -> None:
-    """Hash every raw row of the family (the whole row: any change of any column shows)."""
+    """Hash every raw row of the family (the whole row: any change of any column shows; not
+    its position, which a copy changes and a checkpoint may renumber)."""
     con.execute(
         f"create or replace temp table {family.temp('rows')} as "
         f'select hash(r) as h, r.account, r."{family.record}" as record '
-        f'from "all_{family.view}" r'
+        f'from (select * exclude ({RAW_ROW}) from "all_{family.view}") r'
     )
 
 

@@ -224,12 +224,17 @@ def raw_view(qualified_name: str) -> str:
     return f"raw_{source}__{table}"
 
 
+RAW_ROW = incremental.RAW_ROW
+_PART_ROWS = 2**40  # rowids of one account's table stay below this
+
+
 def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]:
     """One TEMP view per required raw table over every account's dataset, with `account`
-    (the account's name: 'default' for the dataset named after the source). Fivetran's shape:
-    one union model with an account column, never a copy of each model per account. Each view
-    is made twice, as `raw_…` (what the models read; an incremental build narrows it) and
-    `all_raw_…`. Returns the required tables that exist in at least one account's dataset."""
+    (the account's name: 'default' for the dataset named after the source) and `_raw_row`
+    (RAW_ROW). Fivetran's shape: one union model with an account column, never a copy of each
+    model per account. Each view is made twice, as `raw_…` (what the models read; an incremental
+    build narrows it) and `all_raw_…`. Returns the required tables that exist in at least one
+    account's dataset."""
     found: set[str] = set()
     for qualified in sorted(required):
         source, _, table = qualified.rpartition(".")
@@ -241,7 +246,7 @@ def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]
             "group by schema_name order by schema_name",
             [table],
         ).fetchall()
-        parts = []
+        parts: list[str] = []
         for schema, has_account, loaded_by_dlt in rows:
             account = accounts.account_of(source, schema, loaded_by_dlt)
             if account is None:
@@ -249,7 +254,10 @@ def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]
             literal = f"'{account}'"
             column = f"coalesce(account, {literal})" if has_account else literal
             star = "* exclude (account)" if has_account else "*"
-            parts.append(f'select {column} as account, {star} from "{schema}"."{table}"')
+            row = f"rowid + {len(parts)} * {_PART_ROWS}"
+            parts.append(
+                f'select {column} as account, {star}, {row} as {RAW_ROW} from "{schema}"."{table}"'
+            )
         if parts:
             union = "\nunion all by name\n".join(parts)
             for view in (raw_view(qualified), "all_" + raw_view(qualified)):

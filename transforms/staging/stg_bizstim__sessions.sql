@@ -11,7 +11,8 @@
 
 create or replace temp table stg_bizstim__sessions as
 
-with source as (
+-- `not materialized` (here and below): scd2_history reads the rows twice (02_scd2_history.sql).
+with source as not materialized (
     select * from raw_bizstim__sessions
 ),
 
@@ -19,7 +20,7 @@ known_zones as (
     select name as zone_name from pg_timezone_names()
 ),
 
-renamed as (
+renamed as not materialized (
     select
         source.account,
         source.id as record_id,
@@ -66,6 +67,7 @@ renamed as (
         source._dlt_valid_from as valid_from,
         source._dlt_valid_to as valid_to,
         source._dlt_load_id as load_id,
+        source._raw_row as row_key,
         -- Rows of one session share its id; a row without a readable id is a session of its own.
         -- Ids are unique within an account only: the same id in two accounts is two sessions.
         source.account || ':' || coalesce(trim(source.id), source._dlt_id) as version_group,
@@ -112,7 +114,7 @@ renamed as (
     left join known_zones on lower(known_zones.zone_name) = lower(trim(source.timezone))
 ),
 
-localized as (
+localized as not materialized (
     select
         *,
         session_date + start_time as local_start,
@@ -126,11 +128,13 @@ localized as (
 -- ICU time-zone lookups are the slow part of this model, and sessions share few dates: the
 -- offsets in force around each (zone, date) are looked up once. Where they are equal from the day
 -- before to two days after, no transition is near and UTC is plain arithmetic; only sessions on
--- transition days take the full ICU path (same results: tests/test_timezones.py).
+-- transition days take the full ICU path (same results: tests/test_timezones.py). The pairs come
+-- from the raw text (few distinct values), typed as `renamed` types them.
 zone_days as (
-    select distinct known_zone as zone, session_date as day
-    from localized
-    where known_zone is not null and session_date is not null
+    select distinct known_zones.zone_name as zone, parse_date(raw.session_date) as day
+    from (select distinct timezone, session_date from source) as raw
+    join known_zones on lower(known_zones.zone_name) = lower(trim(raw.timezone))
+    where parse_date(raw.session_date) is not null
 ),
 
 zone_day_offsets as (
@@ -142,7 +146,7 @@ zone_day_offsets as (
     from zone_days
 ),
 
-converted as (
+converted as not materialized (
     select
         localized.*,
         -- known_zone is NULL for an unknown zone, so AT TIME ZONE never sees a bad name.
@@ -165,7 +169,7 @@ converted as (
         on offsets.zone = localized.known_zone and offsets.day = localized.session_date
 ),
 
-versions as (
+versions as not materialized (
     select
         *,
         ((epoch_us(end_utc) - epoch_us(start_utc)) // 60000000)::integer as duration_minutes,
@@ -178,9 +182,14 @@ versions as (
     from converted
 ),
 
--- is_current, version_number, is_last_version, has_no_live_version (02_scd2_history.sql)
+-- is_current, version_number, is_last_version, has_no_live_version (02_scd2_history.sql); the
+-- columns only this model needed are left out, which keeps the (in-memory) table smaller
 final as (
-    select * from scd2_history('versions')
+    select * exclude (
+        known_zone, start_time, end_time, start_readings, end_readings, version_group, load_id,
+        is_live
+    )
+    from scd2_history('versions')
 )
 
 select * from final;

@@ -10,11 +10,12 @@
 
 create or replace temp table stg_timetap__packages as
 
-with source as (
+-- `not materialized` (here and below): scd2_history reads the rows twice (02_scd2_history.sql).
+with source as not materialized (
     select * from raw_timetap__packages
 ),
 
-renamed as (
+renamed as not materialized (
     select
         account,
         package_id as record_id,
@@ -41,6 +42,7 @@ renamed as (
         _dlt_valid_from as valid_from,
         _dlt_valid_to as valid_to,
         _dlt_load_id as load_id,
+        _raw_row as row_key,
         -- Rows of one package share its id; a row without a readable id is a package of its own.
         account || ':' || coalesce(trim(package_id), _dlt_id) as version_group,
         list_filter([
@@ -60,7 +62,7 @@ renamed as (
     from source
 ),
 
-versions as (
+versions as not materialized (
     select
         *,
         -- Only an active version keeps a package on offer (DELETE just sets active=false).

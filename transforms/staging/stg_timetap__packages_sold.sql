@@ -6,11 +6,12 @@
 
 create or replace temp table stg_timetap__packages_sold as
 
-with source as (
+-- `not materialized` (here and below): scd2_history reads the rows twice (02_scd2_history.sql).
+with source as not materialized (
     select * from raw_timetap__packages_sold
 ),
 
-parsed as (
+parsed as not materialized (
     select
         *,
         json_of_type(client, 'OBJECT') as client_json,
@@ -18,7 +19,7 @@ parsed as (
     from source
 ),
 
-renamed as (
+renamed as not materialized (
     select
         account,
         package_sold_id as record_id,
@@ -47,6 +48,7 @@ renamed as (
         _dlt_valid_from as valid_from,
         _dlt_valid_to as valid_to,
         _dlt_load_id as load_id,
+        _raw_row as row_key,
         account || ':' || coalesce(trim(package_sold_id), _dlt_id) as version_group,
         list_filter([
             issue('package_sold_id', parsed.package_sold_id, int_problem(parsed.package_sold_id)),
@@ -81,7 +83,7 @@ renamed as (
     from parsed
 ),
 
-versions as (
+versions as not materialized (
     select
         *,
         -- Never negative: using more than the maximum is reported as a data issue instead.
