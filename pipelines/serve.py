@@ -172,6 +172,12 @@ def _copy(
         [list(schemas)],
     ).fetchall()
     con.execute("attach ? as serving", [str(path)])
+    # Row order is not part of any table's contract (an incremental build already appends its
+    # rows at the end), and copying without it is ~1.5x faster and lighter on memory.
+    (ordered,) = con.execute("select current_setting('preserve_insertion_order')").fetchone() or (
+        True,
+    )
+    con.execute("set preserve_insertion_order = false")
     try:
         kept = {"analytics"} if updated else set()
         for schema in schemas:
@@ -195,6 +201,7 @@ def _copy(
                 con.execute(f'drop table serving.{schema}."{table}"')
         _copy_comments(con, schemas)
     finally:
+        con.execute(f"set preserve_insertion_order = {bool(ordered)}")
         con.execute("detach serving")
     return len(tables)
 
