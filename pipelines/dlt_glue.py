@@ -97,6 +97,12 @@ def _toml_problem(exc: Exception) -> str:
     return f"{os.path.abspath(found)} is not valid TOML{at}: fix or remove it."
 
 
+# dlt's own connections only (session settings): raw rows have no meaningful order (scd2 finds
+# them by key), and copying a load file into a table without keeping its order is ~2.5x faster
+# under the memory limit (4.1 -> 1.7 s for a million sessions)
+LOAD_SESSION = {"preserve_insertion_order": False}
+
+
 def make_pipeline(
     name: str,
     dataset: str,
@@ -111,7 +117,9 @@ def make_pipeline(
     """
     for key, value in DLT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    credentials = DuckDbCredentials(str(database), global_config=duckdb_config)
+    credentials = DuckDbCredentials(
+        str(database), global_config=duckdb_config, local_config=LOAD_SESSION
+    )
     progress: Any = _LoadJobCollector(on_load_job) if on_load_job else None
     return dlt.pipeline(
         pipeline_name=name,

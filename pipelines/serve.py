@@ -174,10 +174,7 @@ def _copy(
     con.execute("attach ? as serving", [str(path)])
     # Row order is not part of any table's contract (an incremental build already appends its
     # rows at the end), and copying without it is ~1.5x faster and lighter on memory.
-    (ordered,) = con.execute("select current_setting('preserve_insertion_order')").fetchone() or (
-        True,
-    )
-    con.execute("set preserve_insertion_order = false")
+    con.execute("set session preserve_insertion_order = false")  # this connection only
     try:
         kept = {"analytics"} if updated else set()
         for schema in schemas:
@@ -201,7 +198,7 @@ def _copy(
                 con.execute(f'drop table serving.{schema}."{table}"')
         _copy_comments(con, schemas)
     finally:
-        con.execute(f"set preserve_insertion_order = {bool(ordered)}")
+        con.execute("reset session preserve_insertion_order")
         con.execute("detach serving")
     return len(tables)
 
