@@ -478,13 +478,20 @@ def _run_context(load: AccountLoad, job: Job, report: SourceReport) -> context.R
 
 
 def _account_source(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
-    """The account's dlt source, every table of it stamped with the account's name."""
+    """The account's dlt source, every table of it stamped (`stamp`)."""
     factory = accounts.source_for(load.spec.factory(), load.spec.name, load.account, load.listed)
     source = factory(**kwargs)
-    stamp = functools.partial(rows.with_column, accounts.ACCOUNT_COLUMN, load.account)
     for resource in source.resources.values():
-        resource.add_map(stamp)
+        stamp(resource, load.account)
     return source
+
+
+def stamp(resource: Any, account: str) -> Any:
+    """`resource` with the account's name and dlt's load id (`dlt_glue.with_load_id`) added to
+    every page it yields."""
+    return resource.add_map(
+        functools.partial(rows.with_column, accounts.ACCOUNT_COLUMN, account)
+    ).add_map(dlt_glue.with_load_id)
 
 
 def _normalize_and_load(
