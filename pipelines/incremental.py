@@ -282,14 +282,20 @@ def _compare(con: duckdb.DuckDBPyConnection, family: Family) -> str | None:
     incremental one could be wrong or slower."""
     if not table_exists(con, STATE, f"rows__{family.view}"):
         return "no saved state"
-    rows, snapshot = family.temp("rows"), family.snapshot
+    rows, snapshot, diff = family.temp("rows"), family.snapshot, family.temp("diff")
+    # one full join finds both sides: one hash table over the million rows instead of two
     con.execute(
-        f"create or replace temp table {family.temp('added')} as select c.h, c.account, "
-        f"c.record from {rows} c anti join {snapshot} s on s.h = c.h"
+        f"create or replace temp table {diff} as select c.h as new_h, c.account as new_account, "
+        f"c.record as new_record, s.* from {rows} c full join {snapshot} s on s.h = c.h "
+        "where c.h is null or s.h is null"
+    )
+    con.execute(
+        f"create or replace temp table {family.temp('added')} as select new_h as h, "
+        f"new_account as account, new_record as record from {diff} where h is null"
     )
     con.execute(
         f"create or replace temp table {family.temp('removed')} as "
-        f"select s.* from {snapshot} s anti join {rows} c on c.h = s.h"
+        f"select {', '.join(_STATE_COLUMNS)} from {diff} where new_h is null"
     )
     con.execute(
         f"create or replace temp table {family.temp('changed')} as "
@@ -343,11 +349,13 @@ def _with_clean(family: Family, rows: str) -> str:
 
 def limit_raw(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     """The family's raw view becomes the changed records' rows (every version of each)."""
-    family = decision.family
+    family, changed = decision.family, decision.family.temp("changed")
+    # the record alone first: a real column of each account's table, so the filter reaches
+    # their scans (the union's `account` is computed); ~20% off the staging of a 1% night
     con.execute(
         f'create or replace temp view "{family.view}" as select * from "all_{family.view}" '
-        f'where (account, "{family.record}") in '
-        f"(select account, record from {family.temp('changed')})"
+        f'where "{family.record}" in (select record from {changed}) '
+        f'and (account, "{family.record}") in (select account, record from {changed})'
     )
 
 
