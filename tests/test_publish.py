@@ -553,6 +553,23 @@ def _seed(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("comment on column analytics.visits.price is 'What the client paid, it''s USD.'")
 
 
+def test_row_keys_are_the_content_hash_numbered_among_identical_rows_only() -> None:
+    with contextlib.closing(duckdb.connect()) as con:
+        con.execute("create schema analytics")
+        con.execute(
+            "create table analytics.t as select * from "
+            "(values (1, 'a'), (1, 'a'), (1, 'a'), (2, 'b'), (3, NULL)) v(id, x)"
+        )
+        digest = dict(
+            con.execute("select distinct id, hash(t)::varchar from analytics.t t").fetchall()
+        )
+        keys = con.execute(publish._row_keys_sql(publish.Table("t", None))).fetchall()
+    assert sorted(key for key, _ in keys) == sorted(
+        [f"{digest[1]}:1", f"{digest[1]}:2", f"{digest[1]}:3", f"{digest[2]}:1", f"{digest[3]}:1"]
+    )
+    assert sorted(rid for _, rid in keys) == [0, 1, 2, 3, 4]  # every row once
+
+
 def test_comments_twins_and_schema_changes_between_nights(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
