@@ -5,7 +5,7 @@ night changed, and readers see last night's tables or tonight's, never a mix:
 
 1. every `analytics` row gets a key, a hash of its content plus a counter for identical rows
    (tables need no primary key of their own); the keys last published to a destination live
-   in the warehouse (`publish_state`), so the night's change is two anti-joins in DuckDB;
+   in the warehouse (`publish_state`), so the night's change is one join per table in DuckDB;
 2. DuckDB writes only the rows to add and the keys to delete as csv files, and dlt loads them
    (PostgreSQL's COPY) into a staging schema on the server (`<schema>_publish`);
 3. one transaction on the server (dlt's sql_client) applies them to every table at once: deletes
