@@ -78,13 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tottime", help="pstats key: tottime, cumulative")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the warehouse (its path is printed) to study"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="practice-sync-phases-"))
     try:
         measure(args, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"\nwarehouse kept: {work / 'bench.duckdb'}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

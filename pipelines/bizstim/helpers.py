@@ -19,10 +19,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from practice_sync import context, guard
+from practice_sync import context, guard, page_worker
 from practice_sync.errors import NotFound, SourceUnavailable, SweepInconsistent, find_cause
 from practice_sync.failpoints import failpoint
-from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames, parse_json
+from practice_sync.http import BadBody, HttpClient, SourceNames
+from practice_sync.page_worker import Page, PageShape
 from practice_sync.privacy import Policy
 from practice_sync.report import Progress
 from practice_sync.rows import rows_to_table
@@ -33,6 +34,7 @@ log = logging.getLogger("practice_sync.bizstim")
 
 NAMES = SourceNames("Bizstim", "bizstim")
 MAX_SWEEPS = 3  # reads of a listing that keeps moving before the run gives up
+SESSIONS_PAGE = PageShape(SESSION_FIELDS, REQUIRED_FIELDS, TIMEZONE_COLUMN, "session")
 
 
 def until_settled(extract: Callable[[], object]) -> None:
@@ -69,20 +71,6 @@ def read_sweep(
     return sweep.ids()
 
 
-def check_page(data: Any) -> None:
-    """A 200 must hold the documented envelope; anything else is a glitch worth retrying."""
-    if not isinstance(data, dict):
-        raise BadBody("a body that is not a JSON object")
-    if data.get("status") == "failure":
-        raise BadBody(f"status failure: {str(data.get('response'))[:120]}")
-    if not isinstance(data.get("response"), list):
-        raise BadBody("a body without a `response` list")
-    try:
-        int(data["total"])
-    except (KeyError, TypeError, ValueError):
-        raise BadBody("a body without a numeric `total`") from None
-
-
 # below this many pages, starting worker processes costs more than it saves
 PROCESS_POOL_MIN_PAGES = 40
 # pages that arrive while the workers start (about a second) are decoded in the fetch threads;
@@ -91,20 +79,8 @@ DECODE_WHILE_WORKERS_START = True
 
 
 def decode_page(start: int, body: bytes, policy: Policy | None = None) -> Page:
-    """Bytes to a checked, converted page (privacy policy applied); runs in a worker process on
-    big sweeps, because JSON parsing and Arrow conversion hold the GIL and would starve the
-    fetch threads and dlt."""
-    response = parse_json(body)
-    check_page(response.data)
-    return _to_page(start, response, policy)
-
-
-@dataclass
-class Page:
-    start: int
-    total: int
-    ids: list[str]  # every row's id (a stand-in for a row without one), for the overlap check
-    table: pa.Table
+    """A sessions page's bytes to a checked, converted page (`page_worker.decode_page`)."""
+    return page_worker.decode_page(SESSIONS_PAGE, start, body, policy)
 
 
 @dataclass
@@ -133,7 +109,10 @@ class Sweep:
             # here rather than left waiting with every fetch thread blocked behind them
             return self.client.get(path, lambda body: decode_page(start, body, policy))
         return self.client.get(
-            path, lambda body: pool.submit(decode_page, start, body, policy).result()
+            path,
+            lambda body: pool.submit(
+                page_worker.decode_page, SESSIONS_PAGE, start, body, policy
+            ).result(),
         )
 
     def first_page(self) -> Page:
@@ -173,7 +152,9 @@ class Sweep:
             )
             self._pool_ready.clear()
             # ready once a worker has imported this module and decoded an (empty) page
-            warm = self._pool.submit(decode_page, 0, b'{"total": 0, "response": []}')
+            warm = self._pool.submit(
+                page_worker.decode_page, SESSIONS_PAGE, 0, b'{"total": 0, "response": []}'
+            )
             warm.add_done_callback(lambda _: self._pool_ready.set())
         try:
             # with parse workers, twice the threads of the request slots: half of them wait for
@@ -237,28 +218,6 @@ class Sweep:
             raise SweepInconsistent(
                 f"Bizstim sessions changed while they were being read ({self.problems[0]})."
             )
-
-
-def _to_page(start: int, response: JsonResponse, policy: Policy | None) -> Page:
-    data = response.data
-    rows = data["response"]
-    timezone = data.get(TIMEZONE_COLUMN)
-    timezone = timezone if isinstance(timezone, str) else None
-    table = rows_to_table(
-        rows,
-        SESSION_FIELDS,
-        entity="session",
-        required=REQUIRED_FIELDS,
-        constants={TIMEZONE_COLUMN: timezone},
-        check_replacement=response.replaced_utf8,
-        policy=policy,
-    )
-    # a row without an id still loads (and is reported); it just cannot take part in overlap checks
-    ids = [
-        str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"?{start}+{i}"
-        for i, row in enumerate(rows)
-    ]
-    return Page(start, int(data["total"]), ids, table)
 
 
 def empty_page() -> pa.Table:
