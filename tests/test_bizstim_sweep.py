@@ -54,3 +54,23 @@ def test_rows_without_an_id_are_not_repeats(sweep: Sweep) -> None:
     list(sweep._emit(Page(0, 3, ["?0+0", "?0+1"], nulls), None))
     sweep._check_unique_ids()
     assert sweep.problems == []
+
+
+def test_a_decoded_page_crosses_from_a_worker_process_unchanged() -> None:
+    """Pages come back from the decode workers pickled (as an Arrow IPC stream): every value,
+    NULL and column type must survive, and so must the row ids of the overlap check."""
+    import pickle
+
+    from practice_sync.bizstim.helpers import decode_page
+
+    body = (
+        b'{"status":"success","total":2,"timezone":"Europe/Paris","response":['
+        b'{"id":"7","confirmed":"1","session_note":"caf\\u00e9 \\u2603"},'
+        b'{"confirmed":null,"surprise":"extra field"}]}'
+    )
+    decoded = decode_page(999, body)
+    copied = pickle.loads(pickle.dumps(decoded))
+    assert copied.table.equals(decoded.table, check_metadata=True)
+    assert copied.table.column("session_note").to_pylist() == ["café ☃", None]
+    assert copied.table.column("surprise").to_pylist() == [None, "extra field"]
+    assert (copied.start, copied.total, copied.ids) == (999, 2, ["7", "?999+1"])
