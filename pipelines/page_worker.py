@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from practice_sync.http import BadBody, JsonResponse, parse_json
@@ -36,6 +37,11 @@ class Page:
     total: int
     ids: list[str]  # every row's id (a stand-in for a row without one), for the overlap check
     table: pa.Table
+    # set when the worker cut off the overlap row and left out the rows already current in the
+    # warehouse (`guard.Prefilter`): the id of every row after the cut, kept or not, and the
+    # held positions the left-out rows repeated
+    row_ids: pa.Array | None = None
+    matched: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent back from a worker as one Arrow IPC stream: a third of the cost of pickling
@@ -63,13 +69,31 @@ def check_page(data: Any) -> None:
         raise BadBody("a body without a numeric `total`") from None
 
 
-def decode_page(shape: PageShape, start: int, body: bytes, policy: Policy | None = None) -> Page:
+def decode_page(
+    shape: PageShape,
+    start: int,
+    body: bytes,
+    policy: Policy | None = None,
+    held: tuple[str, str] | None = None,
+) -> Page:
     """Bytes to a checked, converted page (privacy policy applied); runs in a worker process on
     big sweeps, because JSON parsing and Arrow conversion hold the GIL and would starve the
-    fetch threads and dlt."""
+    fetch threads and dlt. With `held` (key column, `guard.Prefilter` folder), the page's first
+    row (the overlap with the page before) is cut off and the rows current in the warehouse are
+    left out here, where they cost least."""
     response = parse_json(body)
     check_page(response.data)
-    return _to_page(shape, start, response, policy)
+    page = _to_page(shape, start, response, policy)
+    if held is not None:
+        from practice_sync import guard  # only a worker that filters needs it
+
+        key, folder = held
+        table = page.table.slice(1)
+        left = guard.leave_out_current(table, key, folder)
+        if left is not None:
+            page.table, page.matched = left
+            page.row_ids = table[key].combine_chunks()
+    return page
 
 
 def _to_page(shape: PageShape, start: int, response: JsonResponse, policy: Policy | None) -> Page:

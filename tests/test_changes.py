@@ -362,6 +362,80 @@ def test_the_hash_index_steps_aside_for_hashes_that_are_not_ours() -> None:
     assert changes.keep(batch).to_pylist() == [{"id": "c", ROW_HASH: "h3"}]
 
 
+def test_workers_leave_out_exactly_the_rows_keep_would_and_mark_the_same_versions() -> None:
+    """A decode worker filtering a page against the held hashes (`guard.Prefilter`), then
+    `keep` on what it sent, must come to what `keep` alone makes of the whole page: the same
+    rows reach dlt, the same held versions count as repeated, the same keepers follow."""
+    from concurrent.futures import Future
+
+    rows = [(str(i), f"v{i}") for i in range(3000)]
+    versions = held(*rows[:2000])
+    batches = [
+        page(*rows[0:500]),  # all held
+        page(*rows[1500:2500]),  # half held, half new
+        page(*[(str(i), f"changed{i}") for i in range(100, 300)]),  # held keys, new content
+        page((None, "v7"), (None, "new"), ("7", "v7"), ("7", "again")),  # no id; listed twice
+    ]
+    alone, filtered_first = guard.Changes("id", versions), guard.Changes("id", versions)
+    prefilter = guard.Prefilter("id")
+    done: Future[guard.Changes] = Future()
+    done.set_result(filtered_first)
+    prefilter.offer(done)
+    folder = prefilter.path()
+    assert folder is not None and Path(folder, "hashes.npy").exists()
+    sent_rows = []
+    try:
+        for batch in batches:
+            left = guard.leave_out_current(batch, "id", folder)
+            assert left is not None
+            sent, repeated = left
+            sent_rows.append(sent.num_rows)
+            prefilter.mark(repeated)
+            # as the sweep does: a page left empty is not yielded at all
+            kept = filtered_first.keep(sent) if sent.num_rows else None
+            expected = alone.keep(batch)
+            assert (kept is None) == (expected is None)
+            if kept is not None:
+                assert kept.to_pylist() == expected.to_pylist()
+        assert sent_rows == [0, 500, 200, 3]
+        assert filtered_first.matched.tolist() == alone.matched.tolist()
+        assert int(alone.matched.sum()) == 1000  # rows 0-499 (("7", "v7") again) and 1500-1999
+        assert [t.to_pylist() for t in filtered_first.keepers()] == [
+            t.to_pylist() for t in alone.keepers()
+        ]
+    finally:
+        prefilter.close()
+    assert not Path(folder).exists()
+    assert prefilter.path() is None  # closed: a late page is sent whole
+
+
+def test_workers_send_every_row_where_keep_must_decide() -> None:
+    """No index (not our hashes), a tombstone table or a table without the key: the worker
+    sends the page as it is, and `keep` decides as before."""
+    from concurrent.futures import Future
+
+    prefilter = guard.Prefilter("id")
+    assert prefilter.path() is None  # the held versions are not read yet
+    done: Future[guard.Changes] = Future()
+    done.set_result(guard.Changes("id", held(("1", "a"), ("2", "b"))))
+    prefilter.offer(done)
+    folder = prefilter.path()
+    assert folder is not None
+    try:
+        assert guard.leave_out_current(page(("1", "a")).drop_columns(["id"]), "id", folder) is None
+        tomb = pa.table({"id": ["1"], guard.VANISHED: [True], ROW_HASH: ["_vanished:1"]})
+        assert guard.leave_out_current(tomb, "id", folder) is None
+        odd = pa.table({"id": ["1"], ROW_HASH: ["not a hash"]})
+        assert guard.leave_out_current(odd, "id", folder) is None
+    finally:
+        prefilter.close()
+    unindexed = guard.Prefilter("id")
+    done = Future()
+    done.set_result(guard.Changes("id", context.CurrentVersions()))  # a first sync
+    unindexed.offer(done)
+    assert unindexed.path() is None
+
+
 # -- sets of ids: numbers when they are canonical integers, strings otherwise --------------------
 
 

@@ -104,7 +104,9 @@ def _sweep(
     policy: _privacy.Policy,
 ) -> Generator[pa.Table, None, None]:
     """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
-    ids = yield from read_sweep(client, page_size, max(parse_processes, 0), policy)
+    ids = yield from read_sweep(
+        client, page_size, max(parse_processes, 0), policy, deletions.prefilter
+    )
     review = deletions.review(ids)
     yield from deletions.placeholder(review, empty_page())
     gone = yield from confirm_vanished(client, review.vanished, max_confirmations, policy)

@@ -52,13 +52,20 @@ def until_settled(extract: Callable[[], object]) -> None:
 
 
 def read_sweep(
-    client: HttpClient, page_size: int, parse_processes: int, policy: Policy | None = None
+    client: HttpClient,
+    page_size: int,
+    parse_processes: int,
+    policy: Policy | None = None,
+    prefilter: guard.Prefilter | None = None,
 ) -> Generator[pa.Table, None, pa.ChunkedArray]:
-    """Yield every session of one sweep as Arrow tables; return the ids seen, once the sweep is
+    """Yield every session of one sweep as Arrow tables (without current rows the decode
+    workers already left out, see `guard.Prefilter`); return the ids seen, once the sweep is
     known to be consistent (otherwise `SweepInconsistent` asks for another sweep)."""
     run = context.current("bizstim")
     run.report.sweeps += 1
-    sweep = Sweep(client, page_size, parse_processes=parse_processes, policy=policy)
+    sweep = Sweep(
+        client, page_size, parse_processes=parse_processes, policy=policy, prefilter=prefilter
+    )
     total = sweep.first_page().total
     progress = Progress("Bizstim sessions", total) if run.show_progress else None
     try:
@@ -67,6 +74,10 @@ def read_sweep(
         if progress:
             progress.close()
     run.report.count("sessions", sweep.rows)
+    if sweep.prefiltered:
+        log.debug(
+            "%d pages came back from the workers without their current rows", sweep.prefiltered
+        )
     sweep.raise_if_inconsistent()
     return sweep.ids()
 
@@ -96,6 +107,8 @@ class Sweep:
     id_chunks: list[pa.Array] = field(default_factory=list)
     rows: int = 0
     policy: Policy | None = None  # privacy: applied to each page before anything keeps it
+    prefilter: guard.Prefilter | None = None  # lets workers leave out the rows already current
+    prefiltered: int = 0  # pages whose current rows a worker left out
     _pool: Executor | None = None
     _pool_ready: threading.Event = field(default_factory=threading.Event)
 
@@ -108,10 +121,14 @@ class Sweep:
             # the workers take about a second to start; pages fetched meanwhile are decoded
             # here rather than left waiting with every fetch thread blocked behind them
             return self.client.get(path, lambda body: decode_page(start, body, policy))
+        # every page the workers get has the overlap row first (the first page never goes
+        # there), so a worker may cut it off and leave out what is current (guard.Prefilter)
+        folder = self.prefilter.path() if self.prefilter and start > 0 else None
+        held = (self.prefilter.key, folder) if self.prefilter and folder else None
         return self.client.get(
             path,
             lambda body: pool.submit(
-                page_worker.decode_page, SESSIONS_PAGE, start, body, policy
+                page_worker.decode_page, SESSIONS_PAGE, start, body, policy, held
             ).result(),
         )
 
@@ -196,12 +213,19 @@ class Sweep:
     def _emit(
         self, page: Page, on_rows: Callable[[int], None] | None, skip_first: bool = False
     ) -> Iterator[pa.Table]:
-        table = page.table.slice(1) if skip_first and page.table.num_rows else page.table
+        if page.row_ids is not None:  # a worker cut the overlap row and left out current rows
+            table, ids = page.table, page.row_ids
+            if self.prefilter is not None and page.matched is not None:
+                self.prefilter.mark(page.matched)
+            self.prefiltered += 1
+        else:
+            table = page.table.slice(1) if skip_first and page.table.num_rows else page.table
+            ids = table["id"].combine_chunks()
         # ids are kept as Arrow (a few MB per million rows), checked for repeats at the end
-        self.id_chunks.append(table["id"].combine_chunks())
-        self.rows += table.num_rows
+        self.id_chunks.append(ids)
+        self.rows += len(ids)
         if on_rows is not None:
-            on_rows(table.num_rows)
+            on_rows(len(ids))
         if table.num_rows:
             yield table
 
