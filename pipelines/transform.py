@@ -42,7 +42,7 @@ import duckdb
 
 from practice_sync import accounts, incremental, interrupt
 from practice_sync.contract import Table, load_contract
-from practice_sync.contract_checks import check_build
+from practice_sync.contract_checks import Rewritten, check_build
 from practice_sync.failpoints import failpoint
 
 # `practice_sync.transforms` (the transforms/ folder) is a package whose *.sql files ship as package data, so this works installed too.
@@ -405,7 +405,11 @@ def _build(
             for table in _tables_of(plan, model)
             if table in built
         ]
-        check_build(con, contract, built, {t: d.restrict(cols) for t, d, cols in parts})
+        rewritten = {
+            t: Rewritten(d.restrict(cols), tuple(cols), d.family.temp("keys"))
+            for t, d, cols in parts
+        }
+        check_build(con, contract, built, rewritten)
         saved = {t: d.restrict(cols, saved=True) for t, d, cols in parts}
         incremental.save(con, decisions, current, saved, previous)
         counts = {
