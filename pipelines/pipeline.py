@@ -540,6 +540,11 @@ def _transform_into(database: Path, report: RunReport, full: str | None = None) 
         return
     connection = contextlib.closing(warehouse.connect(database))
     with connection as con:
+        # the loads' rows written into the file first: many accounts' small loads each stay
+        # below DuckDB's own checkpoint threshold, and a build reading them from the log ran
+        # 9.4 s instead of 6.4 s at 50 accounts (the checkpoint: 2 s, owed at close anyway)
+        with contextlib.suppress(duckdb.Error):
+            con.execute("checkpoint")
         try:
             with phase(report.phases, "transforms"):
                 build = build_analytics(con, full=full)

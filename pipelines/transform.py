@@ -392,7 +392,25 @@ def _build(
     contract: Mapping[str, Table],
     full: str | None,
 ) -> Build:
-    """One build in one transaction (see build_analytics)."""
+    """One build in one transaction (see build_analytics).
+
+    Insertion order is not kept while it runs: every mart orders its rows itself (ORDER BY,
+    which DuckDB still honours), and without the setting a staging model over many accounts'
+    tables (a UNION ALL) is written by one thread: 3.7 s instead of 2.5 s at 50 accounts of
+    20,000 sessions. The setting is global, so it is put back whatever happens."""
+    con.execute("set preserve_insertion_order = false")
+    try:
+        return _build_in_transaction(con, plan, contract, full)
+    finally:
+        con.execute("reset preserve_insertion_order")
+
+
+def _build_in_transaction(
+    con: duckdb.DuckDBPyConnection,
+    plan: Sequence[Transform],
+    contract: Mapping[str, Table],
+    full: str | None,
+) -> Build:
     con.execute("begin transaction")
     try:
         built, decisions, current, previous = _run_all(con, plan, full)
