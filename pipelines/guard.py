@@ -332,8 +332,9 @@ class Prefilter:
     """The held row hashes, shared through files with a sweep's decode workers, so that a worker
     leaves out the rows `Changes.keep` would leave out before it sends a page back.
 
-    On a night when 1% changed, nearly every row used to be converted, serialized, sent to this
-    process and then dropped here: about a second of a million-session night's CPU. A worker
+    On a night when 1% changed, nearly every row used to be serialized, sent to this process
+    and dropped here (~300 MB of Arrow at a million sessions); the extract of a no-change
+    re-run is ~0.25 s shorter without it (A/B in one hour, in-process). A worker
     now sends the rows that may reach dlt, the id of every row (for the sweep's own checks) and
     the held positions its current rows repeated, which `mark` records as `keep` would have;
     `keep` then sees only the rest, with the same outcome. Nothing changes where there is no
