@@ -199,17 +199,36 @@ def hash_prefixes(hashes: pa.Array) -> np.ndarray | None:
         return None
     if not len(hashes):
         return np.zeros(0, dtype=np.uint64)
-    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)
-    offsets = offsets[hashes.offset : hashes.offset + len(hashes) + 1]
+    offsets, data = _string_buffers(hashes)
     if not (np.diff(offsets) == HASH_DIGITS).all():
         return None
-    data = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     digits = _HEX[data.reshape(-1, HASH_DIGITS)[:, :16]]
     if (digits == 255).any():
         return None
     # two digits a byte, eight bytes read as one big-endian number: a few array passes
     packed = np.ascontiguousarray((digits[:, 0::2] << 4) | digits[:, 1::2])
     return packed.view(">u8").ravel().astype(np.uint64)
+
+
+def _string_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets (this slice's) and the bytes they point into, without copies."""
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)
+    offsets = offsets[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return offsets, data
+
+
+def _probe(
+    sorted_prefixes: np.ndarray, order: np.ndarray, prefixes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(held position of each prefix's nearest match, whether the prefixes are equal): the
+    lookup `HashIndex.find` and the decode workers (`leave_out_current`) share."""
+    # sorted queries walk the sorted prefixes in one direction: far fewer cache misses
+    query = np.argsort(prefixes)
+    slot = np.empty(len(prefixes), dtype=np.intp)
+    slot[query] = np.searchsorted(sorted_prefixes, prefixes[query])
+    slot = np.minimum(slot, len(order) - 1)
+    return order[slot], sorted_prefixes[slot] == prefixes
 
 
 @dataclass
@@ -240,13 +259,7 @@ class HashIndex:
         prefixes = hash_prefixes(hashes)
         if prefixes is None:
             return None
-        # sorted queries walk the sorted prefixes in one direction: far fewer cache misses
-        query = np.argsort(prefixes)
-        slot = np.empty(len(prefixes), dtype=np.intp)
-        slot[query] = np.searchsorted(self.sorted_prefixes, prefixes[query])
-        slot = np.minimum(slot, len(self.order) - 1)
-        position = self.order[slot]
-        same = self.sorted_prefixes[slot] == prefixes
+        position, same = _probe(self.sorted_prefixes, self.order, prefixes)
         whole = pc.equal(held.take(pa.array(position)), hashes).to_numpy(zero_copy_only=False)
         return position, same & whole
 
@@ -385,10 +398,7 @@ class Prefilter:
 def _fixed_hashes(hashes: pa.Array) -> np.ndarray:
     """32-digit hex hashes as one numpy array of 32-byte strings (a `HashIndex` exists only
     when every held hash is one), for comparing whole hashes without Arrow in a worker."""
-    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32)
-    offsets = offsets[hashes.offset : hashes.offset + len(hashes) + 1]
-    data = np.frombuffer(hashes.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return data.view(f"S{HASH_DIGITS}")
+    return _string_buffers(hashes)[1].view(f"S{HASH_DIGITS}")
 
 
 _loaded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # a worker's one index
@@ -414,12 +424,8 @@ def leave_out_current(table: pa.Table, key: str, folder: str) -> tuple[pa.Table,
             np.load(files[2], mmap_mode="r"),
         )
     sorted_prefixes, order, held = _loaded[folder]
-    query = np.argsort(prefixes)  # sorted queries: a third of the cache misses (HashIndex.find)
-    slot = np.empty(len(prefixes), dtype=np.intp)
-    slot[query] = np.searchsorted(sorted_prefixes, prefixes[query])
-    slot = np.minimum(slot, len(order) - 1)
-    position = order[slot]
-    hit = (sorted_prefixes[slot] == prefixes) & (held[position] == _fixed_hashes(hashes))
+    position, same = _probe(sorted_prefixes, order, prefixes)
+    hit = same & (held[position] == _fixed_hashes(hashes))
     unchanged = hit & table[key].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
     # the kept rows by position: on a night, a handful of a page's rows (a mask filter walks
     # every column's every value)
