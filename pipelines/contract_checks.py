@@ -266,7 +266,7 @@ def _narrowed(
     That holds when the table is keyed by the tested column alone and every table it points to
     was rewritten for the same changed keys, keyed by that column among others, within the
     row's account: a row not rewritten points to rows that were not rewritten either, so its
-    finding (or none) stands. sessions -> session_cancellations is such a pair: ~0.08 s a
+    finding (or none) stands. session_cancellations -> sessions is such a pair: ~0.08 s a
     night at a million sessions, for a test that looked at every row.
     """
     mine = parts.get(table.name)
