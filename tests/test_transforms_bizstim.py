@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from transform_fixtures import LOAD_1, LOAD_2, SESSION, fetch_dicts, sessions
+from transform_fixtures import LOAD_1, LOAD_2, SESSION, fetch_dicts, in_order, sessions
 
 from practice_sync.transform import TRANSFORMS_DIR, required_tables, run_transforms, sql_files
 
@@ -136,7 +136,9 @@ def test_ids_and_codes(con) -> None:
     )
     run_transforms(con)
     rows = con.execute(
-        "select session_id, status, temp_session_id, qb_invoice_id, is_group from analytics.sessions"
+        in_order(
+            "select session_id, status, temp_session_id, qb_invoice_id, is_group from analytics.sessions"
+        )
     ).fetchall()
     assert rows == [
         (1, "open", 479001, "QB-77", True),
@@ -163,7 +165,7 @@ def test_cancellations_explode_one_row_per_entry(con) -> None:
     )
     run_transforms(con)
     assert con.execute(
-        "select * exclude (account) from analytics.session_cancellations"
+        in_order("select * exclude (account) from analytics.session_cancellations")
     ).fetchall() == [
         (1, 1, 76, 2328, 479889),
         (1, 2, 49, 2329, 479895),
@@ -179,7 +181,7 @@ def test_malformed_cancellation_entries_keep_a_row_and_are_reported(con) -> None
     sessions(con, {"id": "7", "cancel_clients": "76|2328, 1|2|3|4 ,a|2|3,5||7,garbage,8|9|10"})
     run_transforms(con)
     assert con.execute(
-        "select * exclude (account) from analytics.session_cancellations"
+        in_order("select * exclude (account) from analytics.session_cancellations")
     ).fetchall() == [
         (7, 1, 76, 2328, None),  # two parts: read by position
         (7, 2, 1, 2, 3),  # four parts: the first three by position
@@ -413,7 +415,7 @@ def test_ingest_issues_become_data_issues(con) -> None:
     )
     run_transforms(con)
 
-    assert con.execute("select session_id from analytics.sessions").fetchall() == [
+    assert con.execute(in_order("select session_id from analytics.sessions")).fetchall() == [
         (1,),
         (2,),
         (3,),
@@ -467,8 +469,8 @@ def test_overnight_sessions_end_the_next_day(con) -> None:
     )
     run_transforms(con)
     rows = con.execute(
-        """select session_id, local_start, local_end, start_utc, end_utc, duration_minutes, is_overnight
-        from analytics.sessions"""
+        in_order("""select session_id, local_start, local_end, start_utc, end_utc, duration_minutes, is_overnight
+        from analytics.sessions""")
     ).fetchall()
     assert rows == [
         (
@@ -537,9 +539,9 @@ def test_duration_is_real_elapsed_time_across_dst_changes(con) -> None:
     )
     run_transforms(con)
     rows = con.execute(
-        """select session_id, start_utc, end_utc, duration_minutes, is_start_in_dst_gap,
+        in_order("""select session_id, start_utc, end_utc, duration_minutes, is_start_in_dst_gap,
             is_start_in_dst_overlap, is_end_in_dst_gap, is_end_in_dst_overlap
-        from analytics.sessions"""
+        from analytics.sessions""")
     ).fetchall()
     assert rows == [
         (1, utc(2021, 3, 14, 9, 0), utc(2021, 3, 14, 11, 0), 120, False, False, False, False),
@@ -622,12 +624,12 @@ def test_sessions_hold_current_versions_and_history_holds_all(con) -> None:
     assert counts["sessions"] == 2
     assert counts["session_history"] == 5
     assert con.execute(
-        "select session_id, status, description, valid_from from analytics.sessions"
+        in_order("select session_id, status, description, valid_from from analytics.sessions")
     ).fetchall() == [(10, "saved", "Test Session", LOAD_2), (12, "saved", "newer", LOAD_2)]
     assert con.execute(
-        """select session_id, version_number, status, description, valid_from, valid_to,
+        in_order("""select session_id, version_number, status, description, valid_from, valid_to,
             is_current, is_deleted
-        from analytics.session_history"""
+        from analytics.session_history""")
     ).fetchall() == [
         (10, 1, "open", "Test Session", LOAD_1, LOAD_2, False, False),
         (10, 2, "saved", "Test Session", LOAD_2, None, True, False),
@@ -651,7 +653,7 @@ def test_cancellations_come_from_the_current_version_only(con) -> None:
     )
     run_transforms(con)
     assert con.execute(
-        "select * exclude (account) from analytics.session_cancellations"
+        in_order("select * exclude (account) from analytics.session_cancellations")
     ).fetchall() == [(1, 1, 4, 5, 6)]
     assert issues(con) == []
 

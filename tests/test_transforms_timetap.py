@@ -7,7 +7,15 @@ from decimal import Decimal
 
 import duckdb
 import pytest
-from transform_fixtures import LOAD_1, LOAD_2, fetch_dicts, packages, packages_sold, sessions
+from transform_fixtures import (
+    LOAD_1,
+    LOAD_2,
+    fetch_dicts,
+    in_order,
+    packages,
+    packages_sold,
+    sessions,
+)
 
 from practice_sync.transform import run_transforms
 
@@ -31,7 +39,7 @@ def issues(con: duckdb.DuckDBPyConnection) -> list[tuple]:
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
-    return con.execute(sql).fetchall()
+    return con.execute(in_order(sql)).fetchall()
 
 
 # --- packages -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ plus `_dlt_id`, `_dlt_load_id`, `_dlt_valid_from`, `_dlt_valid_to` and `_ingest_
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
@@ -210,8 +211,14 @@ def packages_sold(con: duckdb.DuckDBPyConnection, *rows: Mapping[str, object]) -
     insert_rows(con, "timetap.packages_sold", rows, base=PACKAGE_SOLD)
 
 
+def in_order(sql: str) -> str:
+    """`sql` sorted by every column unless it orders its rows itself: no analytics table
+    promises a row order, so a test comparing lists must ask for one."""
+    return sql if re.search(r"\border\s+by\b", sql, re.IGNORECASE) else f"{sql} order by all"
+
+
 def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
-    """Run a query and return its rows as dicts."""
-    cursor = con.execute(sql, params or [])
+    """Run a query and return its rows as dicts, in order (`in_order`)."""
+    cursor = con.execute(in_order(sql), params or [])
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -50,5 +50,4 @@ final as (
     from versions
 )
 
-select * from final
-order by account, package_id, version_number;
+select * from final;

@@ -27,5 +27,4 @@ final as (
     from reasons
 )
 
-select * from final
-order by account, package_id, position;
+select * from final;

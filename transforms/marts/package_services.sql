@@ -25,5 +25,4 @@ final as (
     from services
 )
 
-select * from final
-order by account, package_id, service_id;
+select * from final;

@@ -46,5 +46,4 @@ final as (
     from versions
 )
 
-select * from final
-order by account, package_sold_id, version_number;
+select * from final;

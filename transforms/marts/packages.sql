@@ -58,5 +58,4 @@ final as (
     from packages
 )
 
-select * from final
-order by account, package_id;
+select * from final;

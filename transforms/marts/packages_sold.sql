@@ -57,5 +57,4 @@ final as (
     from packages_sold
 )
 
-select * from final
-order by account, package_sold_id;
+select * from final;

@@ -32,5 +32,4 @@ final as (
     from cancellations
 )
 
-select * from final
-order by account, session_id, position;
+select * from final;

@@ -57,5 +57,4 @@ final as (
     from versions
 )
 
-select * from final
-order by account, session_id, version_number;
+select * from final;

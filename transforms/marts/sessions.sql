@@ -91,5 +91,4 @@ final as (
     from sessions
 )
 
-select * from final
-order by account, session_id;
+select * from final;

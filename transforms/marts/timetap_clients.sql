@@ -40,5 +40,4 @@ final as (
     from latest
 )
 
-select * from final
-order by account, client_id;
+select * from final;
