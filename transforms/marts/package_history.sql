@@ -50,4 +50,5 @@ final as (
     from versions
 )
 
-select * from final;
+select * from final
+order by account, package_id, version_number;

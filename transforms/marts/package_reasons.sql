@@ -27,4 +27,5 @@ final as (
     from reasons
 )
 
-select * from final;
+select * from final
+order by account, package_id, position;

@@ -25,4 +25,5 @@ final as (
     from services
 )
 
-select * from final;
+select * from final
+order by account, package_id, service_id;

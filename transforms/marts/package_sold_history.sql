@@ -46,4 +46,5 @@ final as (
     from versions
 )
 
-select * from final;
+select * from final
+order by account, package_sold_id, version_number;

@@ -58,4 +58,5 @@ final as (
     from packages
 )
 
-select * from final;
+select * from final
+order by account, package_id;

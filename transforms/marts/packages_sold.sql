@@ -57,4 +57,5 @@ final as (
     from packages_sold
 )
 
-select * from final;
+select * from final
+order by account, package_sold_id;

@@ -32,4 +32,5 @@ final as (
     from cancellations
 )
 
-select * from final;
+select * from final
+order by account, session_id, position;

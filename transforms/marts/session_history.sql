@@ -57,4 +57,5 @@ final as (
     from versions
 )
 
-select * from final;
+select * from final
+order by account, session_id, version_number;

@@ -91,4 +91,5 @@ final as (
     from sessions
 )
 
-select * from final;
+select * from final
+order by account, session_id;

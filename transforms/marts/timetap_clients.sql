@@ -40,4 +40,5 @@ final as (
     from latest
 )
 
-select * from final;
+select * from final
+order by account, client_id;
