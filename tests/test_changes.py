@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from conftest import Env, make_env
 
 from practice_sync import context, guard, warehouse
 from practice_sync.failpoints import ENV
-from practice_sync.report import SourceReport
+from practice_sync.report import SourceReport, TableChange
 from practice_sync.rows import ROW_HASH, rows_to_table, text_columns
 from practice_sync.simulator import Simulator
 
@@ -476,3 +477,37 @@ def test_vanished_ids_are_the_same_compared_as_numbers_or_as_strings() -> None:
         True,
     ]
     assert guard.is_in(pa.array([], pa.string()), seen).to_pylist() == []
+
+
+def test_the_run_summary_counts_records_and_rows_without_a_key_each_count_once(
+    tmp_path: Path,
+) -> None:
+    """`warehouse.table_changes` reads the run's new, changed and retired records back from the
+    validity columns. A row without an id is a record of its own: one such row held from an
+    earlier night once made every later night report no new and no retired records (SQL's
+    NOT IN against a NULL)."""
+    earlier, tonight = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    database = tmp_path / "w.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create schema bizstim")
+        con.execute(
+            'create table bizstim.sessions (id varchar, "_dlt_valid_from" timestamptz, '
+            '"_dlt_valid_to" timestamptz)'
+        )
+        con.executemany(
+            "insert into bizstim.sessions values (?, ?, ?)",
+            [
+                ("1", earlier, None),  # unchanged
+                ("2", earlier, tonight),  # changed: its old version closed ...
+                ("2", tonight, None),  # ... and its new one loaded
+                ("3", tonight, None),  # new
+                ("4", earlier, tonight),  # retired
+                ("5", earlier, tonight),  # retired, with two older versions
+                ("5", datetime(2025, 12, 1, tzinfo=UTC), earlier),
+                (None, earlier, None),  # no id, held from an earlier night
+                (None, tonight, None),  # no id, new tonight
+                (None, earlier, tonight),  # no id, retired tonight
+            ],
+        )
+    changes = warehouse.table_changes(database, "bizstim", {"sessions": "id"}, tonight)
+    assert changes["sessions"] == TableChange(new=2, changed=1, retired=3, current=5)
