@@ -121,10 +121,17 @@ class Decision:
 
     def restrict(self, columns: Sequence[str], saved: bool = False) -> str:
         """SQL condition: the row's (account, columns) is one of the changed keys (in the table
-        `save` keeps for the serving file with `saved`)."""
+        `save` keeps for the serving file with `saved`).
+
+        The first key column alone is tested first: a real column of the table, so the filter
+        reaches its scan and the wide rows of unchanged keys are never read (the composite key
+        only after: `account` may repeat ids across accounts)."""
         names = ", ".join(["account", *columns])
         keys = f'{STATE}."keys__{self.family.root}"' if saved else self.family.temp("keys")
-        return f"({names}) in (select {names} from {keys})"
+        composite = f"({names}) in (select {names} from {keys})"
+        if not columns:
+            return composite
+        return f"({columns[0]} in (select {columns[0]} from {keys}) and {composite})"
 
 
 def families(plan: Sequence[Model], view_of: Callable[[str], str]) -> list[Family]:
