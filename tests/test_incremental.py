@@ -368,6 +368,34 @@ def test_the_serving_file_is_patched_with_the_rows_an_incremental_build_rewrote(
     assert served_tables(target) == tables(con)
 
 
+def test_a_patch_rewrites_one_accounts_session_and_keeps_the_same_id_in_another(
+    con, tmp_path: Path
+) -> None:
+    # a second account's dataset, as dlt loads it (`_dlt_loads` marks it), holding ids 1 and 3 too
+    con.execute("create schema bizstim_uptown")
+    con.execute("create table bizstim_uptown._dlt_loads (load_id varchar)")
+    con.execute(
+        "create table bizstim_uptown.sessions as select * replace ('uptown' as session_note) "
+        "from bizstim.sessions where id in ('1', '3')"
+    )
+    build_analytics(con, full="test")
+    target = tmp_path / "serving.duckdb"
+    serve.publish(con, target)
+    # tonight session 1 changes in the default account only
+    retire(con, "1")
+    sessions(con, session("1", session_note="edited", _dlt_load_id="2", version=2))
+    build = build_analytics(con)
+    assert build.decisions[0].incremental and build.decisions[0].changed == 1
+    assert serve.plan(con, target) == "patch"
+    serve.publish(con, target)
+    assert served_tables(target) == tables(con)
+    with duckdb.connect(str(target), read_only=True) as served:
+        assert served.execute(
+            "select account, note from analytics.sessions where session_id = 1 order by all"
+        ).fetchall() == [("default", "edited"), ("uptown", "uptown")]
+    equals_full_rebuild(con, build)
+
+
 def test_a_serving_file_not_written_from_the_last_build_is_written_whole(
     con, tmp_path: Path
 ) -> None:
