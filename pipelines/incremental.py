@@ -361,7 +361,7 @@ def limit_raw(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     """The family's raw view becomes the changed records' rows (every version of each),
     copied once into a temp table: the staging model reads its source three times (the zones'
     days and scd2_history's two reads), and through a filtered view each read scanned the whole
-    raw table again (~0.1 s of a 1% night at a million sessions)."""
+    raw table again (~0.2 s of a 1% night at a million sessions)."""
     family, changed = decision.family, decision.family.temp("changed")
     # the record alone first: a real column of each account's table, so the filter reaches
     # their scans (the union's `account` is computed); ~20% off the staging of a 1% night
