@@ -282,10 +282,12 @@ def _full_reason(previous: tuple[str, str, str] | None, current: tuple[str, str]
 def _hash_rows(con: duckdb.DuckDBPyConnection, family: Family) -> None:
     """Hash every raw row of the family (the whole row: any change of any column shows; not
     its position, which a copy changes and a checkpoint may renumber)."""
+    # the row is named by an alias no raw column can have (dlt's names are snake_case, never
+    # with a space): a vendor field `r` made `hash(r)` hash that one column, hiding every change
     con.execute(
         f"create or replace temp table {family.temp('rows')} as "
-        f'select hash(r) as h, r.account, r."{family.record}" as record '
-        f'from (select * exclude ({RAW_ROW}) from "all_{family.view}") r'
+        f'select hash("raw row") as h, "raw row".account, "raw row"."{family.record}" as record '
+        f'from (select * exclude ({RAW_ROW}) from "all_{family.view}") "raw row"'
     )
 
 

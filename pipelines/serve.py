@@ -75,7 +75,14 @@ def refresh_history(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     atomically: a byte copy of the file, its `ops` tables replaced, renamed over. Cheaper than
     `publish` (nothing of `analytics` is read or compressed again); same guarantees to readers."""
     try:
-        served = _served(con, target)
+        served, build = _served(con, target), incremental.builds(con)
+        current = build[0] if build else None
+        if served is None or served != current:
+            # changed since `publish` wrote it (while the destinations published, say): readers
+            # get tonight's tables again, not that change
+            tables = _replace(con, target, None, SCHEMAS)
+            _mark(con, target, current)
+            return tables
         tables = _replace(con, target, target, HISTORY_SCHEMAS)
         _mark(con, target, served)
         return tables
@@ -115,6 +122,8 @@ def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
         return None
     if row is None or (row[1], row[2]) != (stat.st_size, stat.st_mtime_ns):
         return None
+    if _wal(target).exists():  # someone opened it for writing: their change is in its log
+        return None
     return None if row[0] is None else str(row[0])
 
 
@@ -153,6 +162,10 @@ def _replace(
     except BaseException:
         _remove(temporary)
         raise
+    # a log left by someone who wrote to the file just replaced belongs to that file: beside
+    # the new one, DuckDB would refuse to open it ("WAL does not match database file")
+    with contextlib.suppress(FileNotFoundError):
+        _wal(target).unlink()
     return tables
 
 
@@ -171,7 +184,14 @@ def _copy(
         "where database_name = current_database() and list_contains(?, schema_name) order by all",
         [list(schemas)],
     ).fetchall()
-    con.execute("attach ? as serving", [str(path)])
+    # the warehouse's own database is named after its file: the alias must not be that name
+    names = {
+        row[0] for row in con.execute("select database_name from duckdb_databases()").fetchall()
+    }
+    alias = next(
+        f"serving{n or ''}" for n in range(len(names) + 1) if f"serving{n or ''}" not in names
+    )
+    con.execute(f'attach ? as "{alias}"', [str(path)])
     # Row order is not part of any table's contract (an incremental build already appends its
     # rows at the end), and copying without it is ~1.5x faster and lighter on memory.
     con.execute("set session preserve_insertion_order = false")  # this connection only
@@ -179,31 +199,31 @@ def _copy(
         kept = {"analytics"} if updated else set()
         for schema in schemas:
             if schema not in kept:
-                con.execute(f"drop schema if exists serving.{schema} cascade")
+                con.execute(f'drop schema if exists "{alias}".{schema} cascade')
         for schema in sorted({schema for schema, _ in tables} - kept):
-            con.execute(f"create schema serving.{schema}")
+            con.execute(f'create schema "{alias}".{schema}')
         for schema, table in tables:
-            here, there = f'{schema}."{table}"', f'serving.{schema}."{table}"'
+            here, there = f'{schema}."{table}"', f'"{alias}".{schema}."{table}"'
             if schema in kept and table in updated:
                 con.execute(f"delete from {there} where {updated[table]}")
                 con.execute(f"insert into {there} select * from {here} where {updated[table]}")
             else:
                 con.execute(f"create or replace table {there} as select * from {here}")
         for schema, table in con.execute(
-            "select schema_name, table_name from duckdb_tables() where database_name = 'serving' "
+            "select schema_name, table_name from duckdb_tables() where database_name = ? "
             "and list_contains(?, schema_name)",
-            [sorted(kept)],
+            [alias, sorted(kept)],
         ).fetchall():
             if (schema, table) not in tables:  # gone from the warehouse since
-                con.execute(f'drop table serving.{schema}."{table}"')
-        _copy_comments(con, schemas)
+                con.execute(f'drop table "{alias}".{schema}."{table}"')
+        _copy_comments(con, schemas, alias)
     finally:
         con.execute("reset session preserve_insertion_order")
-        con.execute("detach serving")
+        con.execute(f'detach "{alias}"')
     return len(tables)
 
 
-def _copy_comments(con: duckdb.DuckDBPyConnection, schemas: Sequence[str]) -> None:
+def _copy_comments(con: duckdb.DuckDBPyConnection, schemas: Sequence[str], alias: str) -> None:
     """Table and column comments, so BI tools show the contract in the serving file too."""
     where = "database_name = current_database() and list_contains(?, schema_name)"
     for schema, table, comment in con.execute(
@@ -211,13 +231,13 @@ def _copy_comments(con: duckdb.DuckDBPyConnection, schemas: Sequence[str]) -> No
         "and comment is not null",
         [list(schemas)],
     ).fetchall():
-        con.execute(f'comment on table serving.{schema}."{table}" is {_literal(comment)}')
+        con.execute(f'comment on table "{alias}".{schema}."{table}" is {_literal(comment)}')
     for schema, table, column, comment in con.execute(
         "select schema_name, table_name, column_name, comment from duckdb_columns() "
         f"where {where} and comment is not null",
         [list(schemas)],
     ).fetchall():
-        target = f'serving.{schema}."{table}"."{column}"'
+        target = f'"{alias}".{schema}."{table}"."{column}"'
         con.execute(f"comment on column {target} is {_literal(comment)}")
 
 
@@ -226,7 +246,12 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _wal(path: Path) -> Path:
+    """DuckDB's write-ahead log of the database file `path`."""
+    return path.with_name(path.name + ".wal")
+
+
 def _remove(path: Path) -> None:
-    for leftover in (path, path.with_name(path.name + ".wal")):
+    for leftover in (path, _wal(path)):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,19 @@ def test_several_nights_in_a_row_stay_equal_to_full_rebuilds(con) -> None:
         build = build_analytics(con)
         assert build.decisions[0].incremental and build.decisions[0].changed == 2
         equals_full_rebuild(con, build)
+
+
+def test_a_vendor_field_named_r_hides_no_change(con) -> None:
+    """dlt adds a new vendor field as a raw column. The row hash once named the row `r`, so a
+    field `r` was hashed instead of the row and every later change went unseen."""
+    con.execute("alter table bizstim.sessions add column r varchar")
+    assert not build_analytics(con).decisions[0].incremental  # every row's hash moved
+    retire(con, "4")  # gone upstream
+    con.execute("update bizstim.sessions set session_note = 'edited in place' where id = '5'")
+    build = build_analytics(con)
+    assert build.decisions[0].incremental and build.decisions[0].changed == 2
+    assert 4 not in {row[0] for row in tables(con)["sessions"]}
+    equals_full_rebuild(con, build)
 
 
 def test_a_non_canonical_id_makes_the_family_build_in_full(con) -> None:
@@ -418,6 +433,75 @@ def test_a_serving_file_not_written_from_the_last_build_is_written_whole(
     # a full rebuild is published whole
     build_analytics(con, full="test")
     assert serve.plan(con, target) == "full"
+
+
+# another program writes to the serving file: the change stays in its log (no checkpoint), then
+# it exits without closing, or waits, holding the file
+_WRITER = """
+import os, sys, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("delete from analytics.sessions where session_id = 3")
+if sys.argv[2] == "exit":
+    os._exit(0)
+print("written", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("writer", ["exit", "wait"])
+def test_a_write_left_in_the_serving_files_log_is_noticed_and_the_log_removed(
+    con, tmp_path: Path, writer: str
+) -> None:
+    """Someone opened the serving file for writing: the change is in its `.wal`, the file
+    keeps its size and time. It is written whole, and the old file's log does not stay beside
+    the new one (DuckDB refuses to open the pair: "WAL does not match database file")."""
+    target = tmp_path / "serving.duckdb"
+    serve.publish(con, target)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(target), writer],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        if writer == "exit":
+            assert other.wait(timeout=60) == 0
+        else:
+            assert other.stdout is not None and other.stdout.readline() == "written\n"
+        wal = target.with_name(target.name + ".wal")
+        assert wal.exists()
+        retire(con, "5")
+        build_analytics(con)
+        assert serve.plan(con, target) == "full"
+        serve.publish(con, target)
+        assert not wal.exists()
+        assert served_tables(target) == tables(con)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_serving_file_changed_while_destinations_publish_is_written_whole_again(
+    con, tmp_path: Path
+) -> None:
+    """Between the serving file and the run history's refresh come the destinations (minutes
+    against a remote server); a change made to the file meanwhile is not kept."""
+    target = tmp_path / "serving.duckdb"
+    serve.publish(con, target)
+    with duckdb.connect(str(target)) as other:
+        other.execute("delete from analytics.sessions where session_id = 3")
+    serve.refresh_history(con, target)
+    assert served_tables(target) == tables(con)
+    assert serve.plan(con, target) == "history"  # and it is known to hold tonight's build
+
+
+def test_a_warehouse_named_serving_publishes(tmp_path: Path) -> None:
+    """The serving file is attached under an alias, which must not be the warehouse's own
+    database name (its file's name)."""
+    warehouse = duckdb.connect(str(tmp_path / "serving.duckdb"))
+    sessions(warehouse, session("1"))
+    build_analytics(warehouse)
+    target = tmp_path / "serving_analytics.duckdb"
+    serve.publish(warehouse, target)
+    assert served_tables(target) == tables(warehouse)
 
 
 # -- real runs: the CLI against the simulator ----------------------------------------------------
