@@ -19,7 +19,12 @@ rewritten to delete the changed keys and insert what the models make of them:
     create or replace table analytics.t as <query>  ->  delete ... where (account, key) in
                                                         changed; insert into analytics.t <query>
     delete from analytics.t where <condition>       ->  ... and (account, key) in changed
+    insert into analytics.t <query>                 ->  as it is (the changed keys' rows)
     create or replace table analytics.t (<columns>) ->  create table if not exists (setup files)
+
+Any other statement of a keyed mart makes the night's build full (`Restart`): run as written on
+the changed records alone, it would leave their rows only. A model outside a family may not read
+the family's raw table (it is refused): on a night that view holds the changed records alone.
 
 Everything else rebuilds as before, and the whole build is still one transaction with its state,
 so a crash leaves both as they were. A build is full (every family) when the transform files, the
@@ -53,11 +58,11 @@ _STATE_COLUMNS = ("h", "account", "record", "clean")  # the saved rows' columns
 FULL_SHARE = 0.25  # more of a family's raw rows changed than this: rebuild it in full
 # models of a family must give the same rows for the same input on any day
 _CLOCK = re.compile(r"\b(current_timestamp|current_date|now\s*\(|today\s*\(|get_current_)", re.I)
-_REPLACE_AS = re.compile(
-    r"^create\s+or\s+replace\s+table\s+(analytics\.\"?\w+\"?)\s+as\s+(.*)$", re.I | re.S
-)
-_DELETE = re.compile(r"^delete\s+from\s+(analytics\.\"?\w+\"?)\s+where\s+(.*)$", re.I | re.S)
-_REPLACE_EMPTY = re.compile(r"^create\s+or\s+replace\s+table\s+(analytics\.\"?\w+\"?\s*\()", re.I)
+_TABLE = r"(\"?analytics\"?\.\"?\w+\"?)"  # analytics.t, "analytics"."t", …
+_REPLACE_AS = re.compile(rf"^create\s+or\s+replace\s+table\s+{_TABLE}\s+as\s+(.*)$", re.I | re.S)
+_DELETE = re.compile(rf"^delete\s+from\s+{_TABLE}\s+where\s+(.*)$", re.I | re.S)
+_REPLACE_EMPTY = re.compile(rf"^create\s+or\s+replace\s+table\s+({_TABLE}\s*\()", re.I)
+_INSERT = re.compile(rf"^insert\s+into\s+{_TABLE}\s", re.I)
 
 
 class Model(Protocol):
@@ -160,6 +165,14 @@ def families(plan: Sequence[Model], view_of: Callable[[str], str]) -> list[Famil
     for model in plan:
         if model.name in member_of and model.name == member_of[model.name]:
             found.append(_family(model, plan, member_of, view_of))
+    for family in found:
+        for model in plan:
+            if family.raw in model.requires and model.name not in family.members:
+                raise IncrementalError(
+                    f"transform {model.label} reads {family.raw} beside the incremental model "
+                    f"{family.root}: on a night its raw rows are the changed records' alone; "
+                    f"read {family.root} instead (-- depends_on: {family.root})"
+                )
     return found
 
 
@@ -392,15 +405,18 @@ def make_keys(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     decision.keys_made = True
 
 
-def rewrite(query: str, decision: Decision | None, model: str, partial: bool) -> list[str]:
+def rewrite(
+    query: str, decision: Decision | None, model: str, partial: bool, setup: bool = False
+) -> list[str]:
     """The statements to run for one statement of a model (see the module docstring).
 
     `partial`: some family of this build is incremental, so tables are kept, not made anew;
-    `decision`: the model's family (None for setup files and models of no family)."""
+    `decision`: the model's family (None for setup files and models of no family); `setup`:
+    a setup file, whose empty tables the families' marts fill."""
     if not partial:
         return [query]
     if decision is None:
-        empty = _REPLACE_EMPTY.match(query)
+        empty = _REPLACE_EMPTY.match(query) if setup else None
         if empty:
             return [f"create table if not exists {empty.group(1)}{query[empty.end() :]}"]
         return [query]
@@ -414,7 +430,10 @@ def rewrite(query: str, decision: Decision | None, model: str, partial: bool) ->
         ]
     if match := _DELETE.match(query):
         return [f"delete from {match.group(1)} where ({match.group(2)}) and {restrict}"]
-    return [query]
+    if _INSERT.match(query):  # the changed keys' rows, after a delete of them (as above)
+        return [query]
+    # run as written on the changed records alone, it would leave their rows only
+    raise Restart(f"{model} has a statement an incremental build cannot rewrite")
 
 
 def save(

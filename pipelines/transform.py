@@ -56,10 +56,10 @@ _INCREMENTAL_IF = re.compile(r"^--\s*incremental_if:\s*(.+)$", re.IGNORECASE)
 _INCREMENTAL_KEY = re.compile(r"^--\s*incremental_key:\s*(.+)$", re.IGNORECASE)
 _LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*\n?|/\*.*?\*/))*\s*", re.DOTALL)
 _REPLACES = re.compile(
-    r"^\s*create\s+or\s+replace\s+table\s+analytics\.\"?(\w+)", re.IGNORECASE | re.MULTILINE
+    r"^\s*create\s+or\s+replace\s+table\s+\"?analytics\"?\.\"?(\w+)", re.IGNORECASE | re.MULTILINE
 )
 _BUILDS = re.compile(
-    r"^(?:create\s+(?:or\s+replace\s+)?table|insert\s+into)\s+analytics\.\"?(\w+)",
+    r"^(?:create\s+(?:or\s+replace\s+)?table|insert\s+into)\s+\"?analytics\"?\.\"?(\w+)",
     re.IGNORECASE,
 )
 
@@ -306,7 +306,10 @@ def _run_file(
             query = _LEADING_COMMENTS.sub("", statement.query, count=1).rstrip().rstrip(";")
             if decision is not None and decision.incremental and transform.incremental_key:
                 incremental.make_keys(con, decision)
-            for part in incremental.rewrite(query, decision, transform.name, partial):
+            parts = incremental.rewrite(
+                query, decision, transform.name, partial, transform.is_setup
+            )
+            for part in parts:
                 con.execute(part)
             match = _BUILDS.match(query)
             if match and match.group(1) not in built:

@@ -342,6 +342,90 @@ def test_a_family_the_incremental_build_cannot_keep_exact_is_refused(
         build_analytics(con, folder)
 
 
+def a_mart(folder: Path, name: str, sql: str, columns: dict[str, str], **header: str) -> None:
+    """Add a mart to a copy of the transforms: its SQL file and its contract."""
+    (folder / "marts" / f"{name}.sql").write_text(sql)
+    lines = [f"name: {name}", f"description: {name}.", "source: bizstim", "entity: session"]
+    lines += [f"{key}: {value}" for key, value in header.items()]
+    lines.append("columns:")
+    for column, type_ in columns.items():
+        lines += [f"  - name: {column}", f"    type: {type_}", f"    description: {column}."]
+    (folder / "marts" / f"{name}.yml").write_text("\n".join(lines) + "\n")
+
+
+def test_a_model_reading_a_familys_raw_table_beside_it_is_refused(tmp_path: Path) -> None:
+    """On a night the family's raw view holds the changed records alone: a model outside the
+    family reading it would count the night's changes, not the sessions."""
+    folder = edited_transforms(tmp_path, "marts/sessions.sql", "", "")
+    a_mart(
+        folder,
+        "session_counts",
+        "-- requires: bizstim.sessions\n\ncreate or replace table analytics.session_counts as\n"
+        "select account, count(distinct id) as seen from raw_bizstim__sessions group by account;\n",
+        {"account": "VARCHAR", "seen": "BIGINT"},
+        grain="account",
+        key="[account]",
+    )
+    con = duckdb.connect()
+    sessions(con, session("1"))
+    with pytest.raises(incremental.IncrementalError, match="session_counts.sql reads bizstim"):
+        build_analytics(con, folder)
+
+
+def test_a_mart_written_another_way_is_rewritten_or_built_in_full(con, tmp_path: Path) -> None:
+    """The schema quoted is the same statement; a statement the rewrite does not know (an
+    update, here) makes the night full instead of running on the changed records alone."""
+    folder = edited_transforms(
+        tmp_path,
+        "marts/sessions.sql",
+        "create or replace table analytics.sessions as",
+        'create or replace table "analytics"."sessions" as',
+    )
+    build_analytics(con, folder, full="test")
+    a_night(con)
+    build = build_analytics(con, folder)
+    assert build.decisions[0].incremental and build.decisions[0].changed == 4
+    equals_full_rebuild(con, build)
+    history = folder / "marts" / "session_history.sql"
+    history.write_text(
+        history.read_text() + "\nupdate analytics.session_history set status = status where false;\n"
+    )
+    build_analytics(con, folder)  # full: the transforms changed
+    retire(con, "3")
+    sessions(con, session("3", session_note="later", _dlt_load_id="3", version=3))
+    build = build_analytics(con, folder)
+    assert build.summary == (
+        "full (bizstim.sessions: session_history has a statement an incremental build cannot "
+        "rewrite)"
+    )
+    assert len(tables(con)["sessions"]) == 35  # 1-3, 5, 6 and 30 others, not session 3 alone
+
+
+def test_a_mart_of_no_family_made_empty_then_filled_is_made_anew_every_night(
+    con, tmp_path: Path
+) -> None:
+    """Only a setup file's empty table is kept on an incremental night (the families' marts
+    fill it); any other model's is made anew, or each night would add its rows again."""
+    folder = edited_transforms(tmp_path, "marts/sessions.sql", "", "")
+    a_mart(
+        folder,
+        "package_names",
+        "-- depends_on: stg_timetap__packages\n\n"
+        "create or replace table analytics.package_names (package_id bigint, account varchar);\n"
+        "insert into analytics.package_names\n"
+        "select package_id, account from stg_timetap__packages where is_current;\n",
+        {"package_id": "BIGINT", "account": "VARCHAR"},
+        grain="package",
+    )
+    build_analytics(con, folder, full="test")
+    for night in (2, 3):
+        retire(con, "3")
+        sessions(con, session("3", session_note=f"n{night}", _dlt_load_id=str(night), version=night))
+        build = build_analytics(con, folder)
+        assert build.decisions[0].incremental
+        assert tables(con)["package_names"] == [(10, "default")]
+
+
 def test_timetap_rebuilds_in_full_beside_an_incremental_bizstim(con) -> None:
     packages(con, {"package_id": "11", "_dlt_load_id": "2"})
     a_night(con)
