@@ -153,6 +153,7 @@ def _replace(
     `target`; return the number of tables copied. A failure leaves `target` as it was.
     `updated`: analytics tables to patch in place (table -> the rows to replace), not copy."""
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _remove_left_over(target)
     _remove(temporary)
     try:
         if start is not None:
@@ -244,6 +245,21 @@ def _copy_comments(con: duckdb.DuckDBPyConnection, schemas: Sequence[str], alias
 def _literal(text: str) -> str:
     """A SQL string literal (COMMENT ON takes no parameters)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def _remove_left_over(target: Path) -> None:
+    """Remove the copies in progress that runs killed while writing `target` left behind (one
+    file the size of the serving file each), but not one whose process still runs."""
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = leftover.name[len(target.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove(leftover)
+        except PermissionError:  # another user's process: alive
+            continue
 
 
 def _wal(path: Path) -> Path:

@@ -577,6 +577,29 @@ def test_a_serving_file_changed_while_destinations_publish_is_written_whole_agai
     assert serve.plan(con, target) == "history"  # and it is known to hold tonight's build
 
 
+def test_copies_left_by_killed_publishes_are_removed(con, tmp_path: Path) -> None:
+    """A run killed while writing the serving file leaves its copy in progress (named with its
+    process id); the next publish removes it, but never one whose process still runs."""
+    target = tmp_path / "serving.duckdb"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    left = [tmp_path / f".serving.duckdb.{dead.stdout.strip()}.tmp"]
+    left.append(left[0].with_name(left[0].name + ".wal"))
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    running = tmp_path / f".serving.duckdb.{alive.pid}.tmp"
+    try:
+        for path in [*left, running]:
+            path.write_bytes(b"half a copy")
+        serve.publish(con, target)
+        assert [path.exists() for path in left] == [False, False]
+        assert running.exists()
+        assert served_tables(target) == tables(con)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_a_warehouse_named_serving_publishes(tmp_path: Path) -> None:
     """The serving file is attached under an alias, which must not be the warehouse's own
     database name (its file's name)."""
