@@ -23,7 +23,8 @@ rewritten to delete the changed keys and insert what the models make of them:
     create or replace table analytics.t (<columns>) ->  create table if not exists (setup files)
 
 Any other statement of a keyed mart makes the night's build full (`Restart`): run as written on
-the changed records alone, it would leave their rows only. A model outside a family may not read
+the changed records alone, it would leave their rows only. A family whose member also reads a
+model outside it builds in full every night: that model's changes show in no record of its own. A model outside a family may not read
 the family's raw table (it is refused): on a night that view holds the changed records alone.
 
 Everything else rebuilds as before, and the whole build is still one transaction with its state,
@@ -101,6 +102,9 @@ class Family:
     clean: str  # SQL condition on `record`: the record maps onto its keys one to one
     members: frozenset[str]
     keys: Mapping[str, tuple[str, ...]]  # mart -> its key columns besides account
+    # why the family always builds in full: a member also reads a model outside it, whose
+    # changes the family's own records would not show ("" when none does)
+    outside: str = ""
 
     @property
     def snapshot(self) -> str:
@@ -180,7 +184,7 @@ def _check_member(model: Model, is_root: bool) -> None:
     label: str = model.label
     if is_root and len(model.requires) != 1:
         raise IncrementalError(f"transform {label}: incremental_by needs exactly one raw table")
-    if is_root and model.incremental_by in _STATE_COLUMNS:
+    if is_root and (model.incremental_by or "").lower() in _STATE_COLUMNS:
         raise IncrementalError(
             f"transform {label}: incremental_by cannot name a column called "
             f"{model.incremental_by!r} (the saved state uses that name)"
@@ -206,6 +210,8 @@ def _family(
     name: str = root.name
     members = [m for m in plan if member_of.get(m.name) == name]
     raw: str = root.requires[0]
+    inside = {m.name for m in members}
+    outside = [(m.label, d) for m in members for d in m.depends_on if d not in inside]
     return Family(
         root=name,
         raw=raw,
@@ -214,6 +220,7 @@ def _family(
         clean=root.incremental_if or "true",
         members=frozenset(m.name for m in members),
         keys={m.name: m.incremental_key for m in members if m.incremental_key},
+        outside=f"{outside[0][0]} also reads {outside[0][1]}" if outside else "",
     )
 
 
@@ -273,7 +280,7 @@ def decide(
         if family.raw not in present:
             continue
         _hash_rows(con, family)
-        why = reason or _compare(con, family)
+        why = reason or family.outside or _compare(con, family)
         decisions.append(Decision(family, incremental=not why, reason=why or ""))
         if not why:
             decisions[-1].changed = con.execute(

@@ -325,11 +325,18 @@ def test_relationship_findings_follow_the_changed_keys_and_equal_a_full_rebuild(
             "incremental_by: record",
             "cannot name a column called 'record'",
         ),
+        (
+            "staging/stg_bizstim__sessions.sql",
+            "incremental_by: id",
+            "incremental_by: Record",
+            "cannot name a column called 'Record'",
+        ),
     ],
     ids=[
         "a model reading the clock",
         "a mart without a key",
         "a record column named like the state",
+        "the same name capitalised",
     ],
 )
 def test_a_family_the_incremental_build_cannot_keep_exact_is_refused(
@@ -399,6 +406,34 @@ def test_a_mart_written_another_way_is_rewritten_or_built_in_full(con, tmp_path:
         "rewrite)"
     )
     assert len(tables(con)["sessions"]) == 35  # 1-3, 5, 6 and 30 others, not session 3 alone
+
+
+def test_a_family_whose_mart_also_reads_another_model_builds_in_full(
+    con, tmp_path: Path
+) -> None:
+    """A mart of the sessions family that also reads TimeTap's packages: a night when only a
+    package changed shows in no session, so the family builds in full every night."""
+    folder = edited_transforms(tmp_path, "marts/sessions.sql", "", "")
+    a_mart(
+        folder,
+        "session_offers",
+        "-- depends_on: stg_bizstim__sessions, stg_timetap__packages\n"
+        "-- incremental_key: session_id\n\n"
+        "create or replace table analytics.session_offers as\n"
+        "select s.session_id, p.package_name, s.account from stg_bizstim__sessions s\n"
+        "cross join (select max(package_name) as package_name from stg_timetap__packages) p\n"
+        "where s.is_current;\n",
+        {"session_id": "BIGINT", "package_name": "VARCHAR", "account": "VARCHAR"},
+        grain="session",
+        key="[account, session_id]",
+    )
+    build_analytics(con, folder, full="test")
+    con.execute("update timetap.packages set package_name = 'Twenty Yoga Classes'")
+    build = build_analytics(con, folder)
+    assert build.summary == (
+        "full (bizstim.sessions: marts/session_offers.sql also reads stg_timetap__packages)"
+    )
+    assert {row[1] for row in tables(con)["session_offers"]} == {"Twenty Yoga Classes"}
 
 
 def test_a_mart_of_no_family_made_empty_then_filled_is_made_anew_every_night(
