@@ -24,8 +24,9 @@ rewritten to delete the changed keys and insert what the models make of them:
 
 Any other statement of a keyed mart makes the night's build full (`Restart`): run as written on
 the changed records alone, it would leave their rows only. A family whose member also reads a
-model outside it builds in full every night: that model's changes show in no record of its own. A model outside a family may not read
-the family's raw table (it is refused): on a night that view holds the changed records alone.
+model outside it builds in full every night: that model's changes show in no record of its own.
+A model outside a family may not read the family's raw table (it is refused): on a night that
+view holds the changed records alone.
 
 Everything else rebuilds as before, and the whole build is still one transaction with its state,
 so a crash leaves both as they were. A build is full (every family) when the transform files, the
