@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -73,4 +74,50 @@ def test_a_decoded_page_crosses_from_a_worker_process_unchanged() -> None:
     assert copied.table.equals(decoded.table, check_metadata=True)
     assert copied.table.column("session_note").to_pylist() == ["café ☃", None]
     assert copied.table.column("surprise").to_pylist() == [None, "extra field"]
-    assert (copied.start, copied.total, copied.ids) == (999, 2, ["7", "?999+1"])
+    assert (copied.start, copied.total, copied.ids) == (999, 2, decoded.ids)
+    assert decoded.ids[0] == "7" and decoded.ids[1].startswith("?")  # no id: a stand-in
+
+
+# -- a listing read through the real decoder: rows without an id on a page boundary --------------
+
+
+class Listing:
+    """Serves `pages` (start -> rows) as Bizstim would, one page per call, in order."""
+
+    concurrency = 2
+
+    def __init__(self, pages: dict[int, list[object]], total: int) -> None:
+        self.pages, self.total = pages, total
+
+    def get(self, path: str, decode, **_: object):  # noqa: ANN001, ANN201 - the client's shape
+        start = int(path.split("/")[2])
+        body = {"status": "success", "total": self.total, "timezone": "UTC"}
+        return decode(orjson.dumps({**body, "response": self.pages[start]}))
+
+    def map_ordered(self, fn, items, threads=None):  # noqa: ANN001, ANN201
+        return map(fn, items)
+
+
+def listed(session_id: str | None, note: str = "") -> dict[str, object]:
+    return {"id": session_id, "session_date": "2024-01-01", "session_note": note}
+
+
+@pytest.mark.parametrize(
+    "odd", [listed(None, "no id"), "not a session"], ids=["without an id", "not an object"]
+)
+def test_a_row_without_an_id_on_a_page_boundary_reads_like_any_other(odd: object) -> None:
+    """The boundary row is both the last of one page and the first of the next. Named by its
+    position, it looked moved on every sweep, and the account never loaded again."""
+    rows = [listed("1"), listed("2"), odd, listed("4"), listed("5")]
+    sweep = Sweep(Listing({0: rows[0:3], 2: rows[2:5]}, 5), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    read = sum(table.num_rows for table in sweep.pages())
+    assert sweep.problems == []
+    assert read == 5
+
+
+def test_a_row_without_an_id_that_moved_is_still_noticed() -> None:
+    first = [listed("1"), listed("2"), listed(None, "a")]
+    second = [listed(None, "b"), listed("4"), listed("5")]
+    sweep = Sweep(Listing({0: first, 2: second}, 5), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    list(sweep.pages())
+    assert sweep.problems == ["rows shifted between the pages at 0 and 2"]
