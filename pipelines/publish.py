@@ -417,8 +417,9 @@ def _row_keys_sql(table: Table) -> str:
     for a million sessions, this ~0.25 s, with the same keys.
     """
     return (
-        f"with hashed as (select hash(t) as digest, rowid as rid "
-        f'from {SOURCE_SCHEMA}."{table.name}" t), '
+        # the row is named by an alias no column can have: a column `t` was hashed instead
+        f'with hashed as (select hash("table row") as digest, rowid as rid '
+        f'from {SOURCE_SCHEMA}."{table.name}" "table row"), '
         "twins as (select digest from hashed group by digest having count(*) > 1) "
         "select digest::varchar || ':1' as row_key, rid from hashed anti join twins using (digest) "
         "union all "
@@ -499,9 +500,14 @@ def _stage(
     staging.abort_packages()  # a failed night's files: tonight's plan replaces them
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    # instants written in UTC: in a local zone DuckDB writes an offset like -04:56:02 (New
+    # York before 1883) as -04:56, and the server read them two seconds off
+    zone = con.execute("select current_setting('TimeZone')").fetchall()[0][0]
+    con.execute("set TimeZone = 'UTC'")
     try:
         staging.run(_resources(con, plans, folder), loader_file_format="csv")
     finally:
+        con.execute(f"set TimeZone = {_literal(str(zone))}")  # the connection's own again
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -570,6 +570,37 @@ def test_row_keys_are_the_content_hash_numbered_among_identical_rows_only() -> N
     assert sorted(rid for _, rid in keys) == [0, 1, 2, 3, 4]  # every row once
 
 
+def test_a_column_named_t_is_part_of_the_row_key() -> None:
+    """The row key hashes the row under an alias; named `t`, a column `t` was hashed instead,
+    and a change in any other column was never sent."""
+    with contextlib.closing(duckdb.connect()) as con:
+        con.execute("create schema analytics")
+        con.execute("create table analytics.metrics as select * from (values (1, 10)) v(t, value)")
+        before = con.execute(publish._row_keys_sql(publish.Table("metrics", None))).fetchall()
+        con.execute("update analytics.metrics set value = 11")
+        after = con.execute(publish._row_keys_sql(publish.Table("metrics", None))).fetchall()
+    assert before != after
+
+
+def test_an_instant_before_standard_time_arrives_to_the_second(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In New York's zone before 1883 the offset was -04:56:02; written in the session's zone
+    it lost its seconds, and the server stored the instant two seconds off."""
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        con.execute("set TimeZone = 'America/New_York'")
+        con.execute("create schema analytics")
+        con.execute(
+            "create table analytics.past as select timestamptz '1850-01-01 00:00:00+00' as at"
+        )
+        _publish(con, path, pg_url, monkeypatch)
+        assert con.execute("select current_setting('TimeZone')").fetchone() == ("America/New_York",)
+    assert pg_query(pg_url, "select extract(epoch from at)::bigint from analytics.past") == [
+        (-3786825600,)
+    ]
+
+
 def test_comments_twins_and_schema_changes_between_nights(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
