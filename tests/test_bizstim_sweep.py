@@ -121,3 +121,20 @@ def test_a_row_without_an_id_that_moved_is_still_noticed() -> None:
     sweep = Sweep(Listing({0: first, 2: second}, 5), page_size=3, parse_processes=0)  # type: ignore[arg-type]
     list(sweep.pages())
     assert sweep.problems == ["rows shifted between the pages at 0 and 2"]
+
+
+def test_a_vanished_id_is_looked_up_by_its_own_path() -> None:
+    """An id is one path segment, whatever it holds: `a/b` unquoted asked for another path,
+    and its 404 would have retired a session that exists."""
+    from practice_sync.bizstim import helpers
+
+    asked: list[str] = []
+
+    class Client:
+        def get_json(self, path: str, check: object = None) -> object:
+            asked.append(path)
+            return type("Answer", (), {"data": {"response": {"id": "a/b"}}})()
+
+    answer = helpers._look_up(Client(), "a/b")  # type: ignore[arg-type]
+    assert asked == ["/session/a%2Fb"]
+    assert answer == {"response": {"id": "a/b"}}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 
@@ -293,7 +294,10 @@ def _look_up(client: HttpClient, session_id: str) -> Any:
     """`GET /session/{id}`: its envelope if the session exists, None if Bizstim says it does not
     (HTTP 404 or an empty answer), `_UNKNOWN` if Bizstim kept failing."""
     try:
-        data = client.get_json(f"/session/{session_id}", check=_check_session).data
+        # quoted whole: an id with a `/` would otherwise ask for another path, whose 404 would
+        # retire a session that exists
+        path = f"/session/{quote(session_id, safe='')}"
+        data = client.get_json(path, check=_check_session).data
     except NotFound:
         return None
     except SourceUnavailable:
