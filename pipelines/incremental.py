@@ -60,7 +60,10 @@ _STATE_COLUMNS = ("h", "account", "record", "clean")  # the saved rows' columns
 FULL_SHARE = 0.25  # more of a family's raw rows changed than this: rebuild it in full
 # models of a family must give the same rows for the same input on any day
 _CLOCK = re.compile(r"\b(current_timestamp|current_date|now\s*\(|today\s*\(|get_current_)", re.I)
-_TABLE = r"(\"?analytics\"?\.\"?\w+\"?)"  # analytics.t, "analytics"."t", …
+# an analytics table's qualified name up to its own name, quoted or not: analytics.t,
+# "analytics"."t", … (transform.py finds the tables a file builds with it too)
+ANALYTICS = r"\"?analytics\"?\.\"?"
+_TABLE = rf"({ANALYTICS}\w+\"?)"
 _REPLACE_AS = re.compile(rf"^create\s+or\s+replace\s+table\s+{_TABLE}\s+as\s+(.*)$", re.I | re.S)
 _DELETE = re.compile(rf"^delete\s+from\s+{_TABLE}\s+where\s+(.*)$", re.I | re.S)
 _REPLACE_EMPTY = re.compile(rf"^create\s+or\s+replace\s+table\s+({_TABLE}\s*\()", re.I)

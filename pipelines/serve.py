@@ -76,13 +76,10 @@ def refresh_history(con: duckdb.DuckDBPyConnection, target: Path) -> int:
     `publish` (nothing of `analytics` is read or compressed again); same guarantees to readers."""
     try:
         served, build = _served(con, target), incremental.builds(con)
-        current = build[0] if build else None
-        if served is None or served != current:
-            # changed since `publish` wrote it (while the destinations published, say): readers
-            # get tonight's tables again, not that change
-            tables = _replace(con, target, None, SCHEMAS)
-            _mark(con, target, current)
-            return tables
+        if served is None or served != (build[0] if build else None):
+            # changed since `publish` wrote it (while the destinations published, say):
+            # readers get tonight's tables again, not that change
+            return publish(con, target)
         tables = _replace(con, target, target, HISTORY_SCHEMAS)
         _mark(con, target, served)
         return tables

@@ -56,10 +56,11 @@ _INCREMENTAL_IF = re.compile(r"^--\s*incremental_if:\s*(.+)$", re.IGNORECASE)
 _INCREMENTAL_KEY = re.compile(r"^--\s*incremental_key:\s*(.+)$", re.IGNORECASE)
 _LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*\n?|/\*.*?\*/))*\s*", re.DOTALL)
 _REPLACES = re.compile(
-    r"^\s*create\s+or\s+replace\s+table\s+\"?analytics\"?\.\"?(\w+)", re.IGNORECASE | re.MULTILINE
+    rf"^\s*create\s+or\s+replace\s+table\s+{incremental.ANALYTICS}(\w+)",
+    re.IGNORECASE | re.MULTILINE,
 )
 _BUILDS = re.compile(
-    r"^(?:create\s+(?:or\s+replace\s+)?table|insert\s+into)\s+\"?analytics\"?\.\"?(\w+)",
+    rf"^(?:create\s+(?:or\s+replace\s+)?table|insert\s+into)\s+{incremental.ANALYTICS}(\w+)",
     re.IGNORECASE,
 )
 
