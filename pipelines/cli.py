@@ -221,7 +221,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         job = Job(
             database=database_from_config(args.database),
-            sources=args.source,
+            sources=list(dict.fromkeys(args.source)) if args.source else None,  # once each
             allow_deletions=args.allow_deletions,
             show_progress=not args.quiet,
             wait_for_lock=args.wait_for_lock,

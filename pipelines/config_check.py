@@ -8,9 +8,12 @@ must convert to its type; otherwise the run stops at once with the nearest known
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +23,7 @@ from practice_sync.errors import ConfigError
 
 # settings of our own, beside the sources' arguments: name -> type
 PRACTICE_SYNC_SETTINGS: dict[str, str] = {
-    "memory_limit": "str",
+    "memory_limit": "memory",
     "serve_path": "str",
     "progress_interval": "float",
     "account_concurrency": "int",
@@ -85,7 +88,13 @@ def given_settings(environ: Mapping[str, str], documents: Mapping[str, Any]) -> 
                 table = table.get(part, {}) if isinstance(table, Mapping) else {}
             if isinstance(table, Mapping):
                 for name, value in table.items():
-                    if isinstance(value, Mapping) and section.startswith("sources."):
+                    # a table is an account's section ([sources.bizstim.uptown]) unless it is
+                    # the value of a setting of the source's own (privacy = {drop = [...]})
+                    if (
+                        isinstance(value, Mapping)
+                        and section.startswith("sources.")
+                        and name not in owned[section]
+                    ):
                         for key, inner in value.items():  # [sources.bizstim.uptown]
                             yield Given(f"{section}.{name}", str(key), inner, origin)
                     else:
@@ -121,7 +130,7 @@ def check(environ: Mapping[str, str] | None = None) -> list[str]:
             continue
         problem = _conversion_problem(given.value, types[given.name])
         if problem:
-            raise ConfigError(f"{given.spelled()}{where} is {given.value!r}, {problem}.")
+            raise ConfigError(_masked(f"{given.spelled()}{where} is {given.value!r}, {problem}."))
     for source in ("bizstim", "timetap"):
         privacy.configured(source)  # a hash policy needs the salt
     return read
@@ -202,9 +211,13 @@ def _conversion_problem(value: Any, kind: str) -> str | None:
             return "which is not a whole number"
     elif kind == "float":
         try:
-            float(text)
+            number = float(text)
         except ValueError:
             return "which is not a number"
+        if not math.isfinite(number):  # inf would stop the progress ticker, nan flood the log
+            return "which is not a finite number"
+    elif kind == "memory":
+        return _memory_problem(text)
     elif kind == "accounts":
         try:
             accounts.parse_names(value, "source")
@@ -222,3 +235,25 @@ def _conversion_problem(value: Any, kind: str) -> str | None:
         if not (isinstance(parsed, list) and all(isinstance(v, int) for v in parsed)):
             return "which is not a list of whole numbers such as [1, 2, 3]"
     return None
+
+
+def _memory_problem(text: str) -> str | None:
+    """`practice_sync.memory_limit`: whatever DuckDB accepts (512MB, 2GiB), tried on a throwaway
+    in-memory database, so a typo is exit 2 here and not a parser error at the first open."""
+    import duckdb
+
+    try:
+        with contextlib.closing(duckdb.connect()) as con:
+            con.execute(f"set memory_limit = '{text.replace(chr(39), '')}'")
+    except duckdb.Error:
+        return "which is not an amount of memory such as 512MB or 2GB"
+    return None
+
+
+_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^@/\s]*@")
+
+
+def _masked(message: str) -> str:
+    """`message` with the password of any URL in it replaced: a server URL given to the wrong
+    setting is quoted back, and a password must not reach a terminal or a log."""
+    return _PASSWORD.sub(r"\1***@", message)

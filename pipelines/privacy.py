@@ -221,7 +221,7 @@ def parse(source: str, value: Any, setting: str, salt: str | None) -> Policy:
     nested: dict[str, dict[str, str]] = {}
     for action in (DROP, HASH):
         names = value.get(action) or []
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"{setting}: {action} must be a list of column names.")
         for entry in names:
             column, key = _resolve(source, entry, setting)

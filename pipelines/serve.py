@@ -38,10 +38,12 @@ HISTORY_SCHEMAS = ("ops",)
 
 
 def serve_path(database: Path) -> Path:
-    """`practice_sync.serve_path`, or `<warehouse>_analytics.duckdb` beside the warehouse."""
+    """`practice_sync.serve_path`, or `<warehouse>_analytics.duckdb` beside the warehouse; a
+    relative path is read from the project folder, as the warehouse's is (cron starts in $HOME)."""
     configured: object = dlt.config.get("practice_sync.serve_path")
     if configured:
-        path = Path(str(configured)).expanduser().resolve()
+        base = Path(os.environ.get("DLT_PROJECT_DIR") or ".")
+        path = (base / Path(str(configured)).expanduser()).resolve()
     else:
         path = database.with_name(f"{database.stem}_analytics{database.suffix or '.duckdb'}")
     if path == database:

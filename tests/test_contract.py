@@ -424,3 +424,11 @@ def test_the_docs_command_prints_or_writes_the_dictionary(tmp_path: Path) -> Non
     written = subprocess.run([*command, "--out", str(out)], capture_output=True, timeout=120)
     assert written.returncode == 0 and written.stdout == b""
     assert out.read_text(encoding="utf-8") == docs.dictionary(CONTRACT)
+    # a folder that does not exist is one sentence and exit 2, not a FileNotFoundError (exit 1)
+    missing = tmp_path / "no-such-folder" / "dictionary.md"
+    refused = subprocess.run([*command, "--out", str(missing)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert f"The data dictionary cannot be written to {missing} (No such file or directory)" in (
+        refused.stderr
+    )
+    assert "Traceback" not in refused.stderr

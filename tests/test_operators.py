@@ -41,6 +41,11 @@ def test_an_unknown_setting_in_the_environment_is_named(
         ("SOURCES__BIZSTIM__CONCURRENCY", "abc", "'abc', which is not a whole number"),
         ("SOURCES__TIMETAP__MAX_DELETION_SHARE", "lots", "'lots', which is not a number"),
         ("SOURCES__TIMETAP__CLIENT_IDS", "1,2", "'1,2', which is not a list of whole numbers"),
+        # DuckDB's own parser refused it at the first open: exit 1 and "report a bug"
+        ("PRACTICE_SYNC__MEMORY_LIMIT", "lots", "'lots', which is not an amount of memory"),
+        # inf stopped the progress ticker with a traceback, nan logged a line per 0.1 s
+        ("PRACTICE_SYNC__PROGRESS_INTERVAL", "inf", "'inf', which is not a finite number"),
+        ("PRACTICE_SYNC__PROGRESS_INTERVAL", "nan", "'nan', which is not a finite number"),
     ],
 )
 def test_a_value_that_does_not_convert_is_named(
@@ -77,6 +82,49 @@ def test_unknown_setting_and_broken_file_in_toml_are_named(env: Env, tmp_path: P
     assert_one_sentence(result.stderr, f"{folder / 'secrets.toml'} is not valid TOML (line 2")
 
 
+def test_a_server_url_given_to_the_wrong_setting_is_quoted_without_its_password(
+    env: Env,
+) -> None:
+    env.vars["PRACTICE_SYNC__PUBLISH"] = "postgresql://loader:S3cretPW@db.example:5432/bi"
+    result = env.run("run")
+    assert result.code == 2
+    assert_one_sentence(
+        result.stderr, "PRACTICE_SYNC__PUBLISH is 'postgresql://loader:***@db.example:5432/bi'"
+    )
+    assert "S3cretPW" not in result.stdout + result.stderr
+
+
+def test_the_readmes_privacy_policy_in_config_toml_is_applied(
+    sim: Simulator, env: Env, tmp_path: Path
+) -> None:
+    """The README's recommended `[sources.bizstim] privacy = {drop = [...]}`, word for word: its
+    table was taken for an account's section, and the run stopped (exit 2)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    recommended = readme.split("### Private data")[1].split("```toml\n")[1].split("```")[0]
+    config, _, secrets = recommended.partition("# .dlt/secrets.toml")
+    secrets = secrets.split("\n", 1)[1].replace('"…"', '"a-salt-of-at-least-sixteen-characters"')
+    assert "privacy = {drop = " in config and "privacy_salt" in secrets
+    folder = _project(tmp_path, config, secrets)
+    notes = [row["session_private_note"] for row in sim.bizstim.rows()]
+    assert any(notes)  # something to drop
+    result = env.run("run", "--config-dir", str(folder))
+    assert result.code == 0, result.stderr
+    assert env.query(
+        "select count(*), count(session_private_note) from bizstim.sessions"
+    ) == [(len(notes), 0)]
+    assert env.query("select count(*) from ops.privacy_policy") == [(2,)]  # both sources
+
+
+def test_repeating_a_source_loads_it_once(env: Env) -> None:
+    """`--source bizstim --source bizstim` ran two loads of one account at once: one failed."""
+    result = env.run("run", "--source", "bizstim", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert env.query("select source, outcome from ops.run_history order by source") == [
+        ("analytics", "ok"),
+        ("bizstim", "ok"),
+    ]
+
+
 def test_cron_from_another_folder_with_config_dir(sim: Simulator, tmp_path: Path) -> None:
     folder = _project(
         tmp_path,
@@ -92,6 +140,16 @@ def test_cron_from_another_folder_with_config_dir(sim: Simulator, tmp_path: Path
     assert result.returncode == 0, result.stderr
     database = folder.parent / "warehouse.duckdb"  # beside .dlt, not in the cron folder
     assert f"warehouse: {database}" in result.stdout
+    assert list(elsewhere.iterdir()) == []
+
+    # a relative serving-file path is read from the same folder, not from cron's
+    with (folder / "config.toml").open("a") as config:
+        config.write('\n[practice_sync]\nserve_path = "served/analytics.duckdb"\n')
+    (folder.parent / "served").mkdir()
+    result = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    served = folder.parent / "served" / "analytics.duckdb"
+    assert f"serving file (for readers): {served}" in result.stdout and served.exists()
     assert list(elsewhere.iterdir()) == []
 
     no_config = subprocess.run(

@@ -155,6 +155,8 @@ def test_history_rewrite_hashes_rows_as_the_extractor_would() -> None:
         ("bizstim", {"hash": ["session_note"]}, None, ["PRACTICE_SYNC__PRIVACY_SALT"]),
         ("bizstim", {"hash": ["session_note"]}, "s3cr3t-9x", ["shorter than 16"]),
         ("bizstim", ["session_note"], None, ['{"drop": ["session_private_note"]']),
+        ("bizstim", {"drop": 5}, None, ["drop must be a list of column names"]),  # was exit 1
+        ("bizstim", {"hash": True}, SALT, ["hash must be a list of column names"]),
         ("timetap", {"drop": ["client.emailAddress", "pkg.price"]}, None, ["'pkg.price'"]),
         ("timetap", {"drop": ["package_sold_id"]}, None, ["the record's id"]),
     ],
