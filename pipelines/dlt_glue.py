@@ -6,11 +6,14 @@ pages, and dlt's exception types.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +222,51 @@ def finish_interrupted_commits(pipeline: dlt.Pipeline) -> int:
                 shutil.rmtree(package)
                 removed += folder.name == "extracted"
     return removed
+
+
+def pending_refreshes(pipelines_dir: Path, *, loading_only: bool = False) -> list[str]:
+    """The pipelines (folder names under `pipelines_dir`) holding a package of a full refresh
+    that has not landed. dlt drops the refreshed tables when that package's load *starts*, so
+    from then until it lands they are empty: nothing may be built from them. `loading_only`
+    leaves out packages not yet normalized (their load has not begun, the tables are whole).
+
+    Read from dlt's package folders (`<pipeline>/load/normalized/<load id>`,
+    `<pipeline>/normalize/extracted/<load id>`): their state names the tables to drop."""
+    stages = ["load/normalized"] if loading_only else ["normalize/extracted", "load/normalized"]
+    found: list[str] = []
+    for stage in stages:
+        for state in sorted(pipelines_dir.glob(f"*/{stage}/*/load_package_state.json")):
+            try:
+                dropped = json.loads(state.read_text(encoding="utf-8")).get("dropped_tables")
+            except (OSError, ValueError, AttributeError):
+                continue
+            name = state.parents[3].name
+            if dropped and name not in found:
+                found.append(name)
+    return found
+
+
+def pending_since(pipeline: dlt.Pipeline) -> datetime | None:
+    """When the oldest package a killed or failed run left behind was made: its rows are loaded
+    with that time as their scd2 `valid_from` (load ids are epoch seconds)."""
+    ids = [*pipeline.list_extracted_load_packages(), *pipeline.list_normalized_load_packages()]
+    stamps = []
+    for load_id in ids:
+        with contextlib.suppress(ValueError):
+            stamps.append(float(load_id))
+    return datetime.fromtimestamp(min(stamps), UTC) if stamps else None
+
+
+def write_cause(error: BaseException) -> str:
+    """What a failed load job said, for the one-sentence error: dlt's own text ends in "Last
+    failure message was: Traceback (most recent call last):", the cause's last line is what a
+    person can act on ("No space left on device")."""
+    message = str(getattr(error, "failed_message", "") or "")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines:
+        return lines[-1][:300]
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def missing_setting(exc: BaseException) -> str | None:

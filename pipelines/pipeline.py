@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,11 +234,26 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
         mine = [load for load in loads if load.spec.name == source]
         codes += _load_accounts(mine, job, report)
     try:
+        _check_no_refresh_in_flight(job.pipelines_dir)
         _transform_into(job.database, report, "--full-refresh" if job.full_refresh else None)
     except TransformFailed as exc:
         report.transform_error = str(exc)
         codes.append(exc.exit_code)
     return _worst(codes)
+
+
+def _check_no_refresh_in_flight(pipelines_dir: Path) -> None:
+    """`TransformFailed` while a full refresh's load has begun but not landed (it failed, or
+    its run was killed): dlt dropped the refreshed raw tables when that load started, and a build
+    from them would publish a warehouse without the source. Yesterday's analytics stay."""
+    pending = dlt_glue.pending_refreshes(pipelines_dir, loading_only=True)
+    if pending:
+        names = ", ".join(name.removeprefix(f"{PIPELINE_PREFIX}_") for name in pending)
+        raise TransformFailed(
+            f"The analytics tables were kept as they were: the full refresh of {names} has not "
+            "finished loading (its old raw tables are already dropped); `practice-sync run` "
+            "finishes it first."
+        )
 
 
 def _load_accounts(loads: Sequence[AccountLoad], job: Job, report: RunReport) -> list[ExitCode]:
@@ -313,7 +328,9 @@ def _close(
         if signal_code is not None:
             return ExitCode.OK
         report.transform_error = report.transform_error or str(exc)
-        return ExitCode(code) if code else ExitCode.LOAD_FAILED
+        # a failure outranks a withheld deletion (as in _worst): the serving file is stale
+        failed = code not in (ExitCode.OK, ExitCode.DELETIONS_WITHHELD)
+        return ExitCode(code) if failed else ExitCode.LOAD_FAILED
     return ExitCode(code)
 
 
@@ -359,10 +376,15 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
     code = ExitCode.OK
     with warehouse.lock(database):
         try:
+            _check_no_refresh_in_flight(Job(database=database).pipelines_dir)
             _transform_into(database, report, "--full-rebuild" if full_rebuild else None)
         except TransformFailed as exc:
             report.transform_error = str(exc)
             code = exc.exit_code
+        except interrupt.Interrupted as stop:  # recorded as a run's interruption is
+            report.finished = time.monotonic()
+            _close(database, report, stop.exit_code, signal_code=stop.exit_code)
+            raise
         report.finished = time.monotonic()
         # as a run's end: the analytics row and each destination's in the history, the
         # serving file, the destinations (so catching a destination up by hand shows in status)
@@ -407,16 +429,25 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
     dlt_glue.discard_interrupted_extracts(pipeline)
     dlt_glue.finish_interrupted_commits(pipeline)
     started = datetime.now(UTC)
+    # a left-over package's rows carry its own time as `valid_from`: counted from there, its
+    # changes are this run's (the run that made it recorded none)
+    left_over = dlt_glue.pending_since(pipeline)
+    if left_over is not None:
+        started = min(started, left_over - timedelta(seconds=1))
     run_context = _run_context(load, job, report)
     refresh: Literal["drop_sources"] | None = "drop_sources" if job.full_refresh else None
+    kwargs = job.overrides.get(spec.name, {})
     try:
         if pipeline.has_pending_data:
+            pending = dlt_glue.pending_refreshes(Path(pipeline.pipelines_dir))
+            refreshed = pipeline.pipeline_name in pending
             report.notes.append("finished a load left over from an interrupted run")
             _normalize_and_load(pipeline, load, job, report)
             replayed = warehouse.remove_replayed_rows(job.database, load.dataset)
             if replayed:
                 report.notes.append(f"removed {replayed:,} rows the resumed load wrote twice")
-        kwargs = job.overrides.get(spec.name, {})
+            if refreshed:  # the history is now the refresh's, written under today's policy
+                privacy.record(job.database, load.dataset, _privacy_policy(load, kwargs))
         # a changed privacy policy reaches the account's stored history first, so this load
         # compares like with like (practice_sync.privacy)
         with warehouse.access:
@@ -435,6 +466,8 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
             )
         failpoint("after-extract")
         _normalize_and_load(pipeline, load, job, report)
+        if job.full_refresh:  # landed: the policy is recorded only now (privacy.record)
+            privacy.record(job.database, load.dataset, _privacy_policy(load, kwargs))
     except Exception as exc:
         explained = _explain(exc, load, job)
         if explained is None:
@@ -524,7 +557,8 @@ def _explain(exc: Exception, load: AccountLoad, job: Job) -> PracticeSyncError |
     if write_error is not None:
         return LoadFailed(
             f"{spec.title} data could not be written to {job.database} "
-            f"({first_line(write_error)}); what was read is kept and the next run loads it first."
+            f"({dlt_glue.write_cause(write_error)}); what was read is kept and the next run "
+            "loads it first."
         )
     return None
 

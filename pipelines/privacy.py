@@ -359,11 +359,15 @@ def apply_to_history(
     dropped columns become NULL, newly hashed ones hold their hash, `_dlt_id` is recomputed
     (so the next load sees no change), all in one transaction with the record in
     `ops.privacy_policy`. Returns notes for the run's summary. Called before the extract;
-    `dataset` is where the source's raw tables are (the source's name by default)."""
+    `dataset` is where the source's raw tables are (the source's name by default).
+
+    A full refresh changes nothing here: its load replaces the history, and the policy is
+    recorded when that load lands (`record`). Recorded before, a refresh that failed would leave
+    the old salt's hashes under the new salt's record, and the next run would mix the two."""
 
     from practice_sync.warehouse import table_exists, writer
 
-    if not policy and not database.exists():
+    if full_refresh or (not policy and not database.exists()):
         return []
     with writer(database) as con:
         dataset = dataset or source
@@ -375,7 +379,7 @@ def apply_to_history(
         if describe(old) == describe(policy) and old_check == check:
             return []
         still_hashed = set(old.entries()[HASH]) & set(policy.entries()[HASH])
-        if still_hashed and old_check != check and not full_refresh:
+        if still_hashed and old_check != check:
             raise ConfigError(
                 f"{SALT_SETTING} is not the salt that hashed {dataset}'s stored "
                 f"{', '.join(sorted(still_hashed))}: restore it, or start that history over with "
@@ -450,6 +454,15 @@ def _rewrite(con: Any, dataset: str, table: str, documented: Sequence[str], delt
 
 def _quoted(names: Sequence[str]) -> list[str]:
     return [f'"{n}"' for n in names]
+
+
+def record(database: Path, dataset: str, policy: Policy) -> None:
+    """Record `policy` as the one `dataset`'s whole history was written under: after a full
+    refresh's load landed (`apply_to_history`)."""
+    from practice_sync.warehouse import writer
+
+    with writer(database) as con:
+        _record(con, dataset, policy, salt_check(policy))
 
 
 def _record(con: Any, dataset: str, policy: Policy, check: str | None) -> None:

@@ -180,3 +180,22 @@ def test_warehouse_held_by_another_program(loaded: Env) -> None:
     assert result.code == 8
     assert_one_sentence(result.stderr, "is open in another program")
     assert snapshot(loaded) == before
+
+
+def test_a_failed_load_job_is_named_by_its_cause() -> None:
+    """dlt's retry error ends in "Last failure message was: Traceback (most recent call
+    last):"; the sentence needs the cause's last line."""
+    from dlt.load.exceptions import LoadClientJobRetry
+
+    from practice_sync import dlt_glue
+
+    failed = LoadClientJobRetry(
+        "1796321178.6", "sessions.8cbb3ac9c3.parquet", 5, 5,
+        "Traceback (most recent call last):\n  File \"duck.py\", line 1, in run\n"
+        "duckdb.duckdb.IOException: IO Error: Could not write file: No space left on device\n",
+        OSError("No space left on device"),
+    )  # fmt: skip
+    assert dlt_glue.write_cause(failed) == (
+        "duckdb.duckdb.IOException: IO Error: Could not write file: No space left on device"
+    )
+    assert dlt_glue.write_cause(OSError("disk gone")) == "disk gone"

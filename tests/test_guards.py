@@ -50,6 +50,23 @@ def test_far_fewer_rows_withholds_deletions_but_applies_edits(
     assert f"{len(vanished)} retired" in confirmed.stdout
 
 
+def test_a_serving_file_that_cannot_be_replaced_outranks_a_withheld_deletion(
+    sim: Simulator, env: Env, first_run, tmp_path
+) -> None:
+    """Exit 3 asks for `--allow-deletions`; the stale serving file needs exit 8 (the README:
+    the first failure's code wins over 3). `_close` kept the 3."""
+    assert first_run("run").code == 0
+    for row in sim.bizstim.rows()[::2]:
+        sim.bizstim.delete(row["id"])
+    blocked = tmp_path / "serving.duckdb"
+    blocked.mkdir()  # a folder where the file should be: renaming the new file over it fails
+    env.vars["PRACTICE_SYNC__SERVE_PATH"] = str(blocked)
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 8, result.stderr
+    assert "none were retired" in result.stderr
+    assert f"could not be published to {blocked}" in result.stderr
+
+
 def test_a_few_deletions_are_applied_without_asking(sim: Simulator, env: Env, first_run) -> None:
     assert first_run("run").code == 0
     gone = sim.bizstim.rows()[5]["id"]

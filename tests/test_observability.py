@@ -170,3 +170,44 @@ def test_on_a_terminal_progress_is_a_bar_redrawn_in_place(sim: Simulator, env: E
     redraws = re.findall(r"\rTimeTap clients: ([\d,]+) / 120", text)
     assert len(redraws) >= 3 and redraws[-1] == "120"
     assert "TimeTap clients" not in text.split("\r")[0]  # only ever drawn in place
+
+
+def test_a_full_refresh_killed_mid_load_keeps_last_nights_analytics_until_it_lands(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    """dlt drops the refreshed raw tables when the refresh's load starts. Killed (or failed)
+    after that, the raw tables are empty until the next run finishes the load: neither
+    `transform` nor another source's run may build or publish analytics from them."""
+    assert first_run("run").code == 0
+    serving = Env({}, env.database.with_name("practice_sync_analytics.duckdb"))
+    yesterday = serving.query("select count(*) from analytics.sessions")
+    assert yesterday == [(len(sim.bizstim.rows()),)]
+    sim.bizstim.add()
+    env.vars["PRACTICE_SYNC_FAILPOINT"] = "mid-load"
+    killed = env.run("run", "--full-refresh", "--source", "bizstim")
+    assert killed.code == -signal.SIGKILL, killed.stderr
+    del env.vars["PRACTICE_SYNC_FAILPOINT"]
+
+    refused = env.run("transform", "--full-rebuild")
+    assert refused.code == 7, refused.stderr
+    assert (
+        "The analytics tables were kept as they were: the full refresh of bizstim has not "
+        "finished loading (its old raw tables are already dropped); `practice-sync run` "
+        "finishes it first."
+    ) in refused.stderr
+    other = env.run("run", "--source", "timetap")  # TimeTap loads; analytics waits
+    assert other.code == 7, other.stderr
+    for reader in (env, serving):
+        assert reader.query("select count(*) from analytics.sessions") == yesterday
+    assert env.query(
+        "select source, outcome, exit_code from ops.run_history "
+        "where source = 'analytics' order by finished_at desc limit 2"
+    ) == [("analytics", "failed", 7)] * 2
+
+    landed = env.run("run")
+    assert landed.code == 0, landed.stderr
+    rows = len(sim.bizstim.rows())
+    # the refresh's own rows, counted by the run that landed them (the killed one counted none)
+    assert f"bizstim.sessions: {rows:,} new, 0 changed, 0 retired" in landed.stdout
+    assert serving.query("select count(*) from analytics.sessions") == [(rows,)]
+    assert env.query("select count(*), count(distinct id) from bizstim.sessions") == [(rows, rows)]

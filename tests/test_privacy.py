@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import duckdb
@@ -376,3 +377,35 @@ def test_analytics_build_with_every_droppable_column_dropped(
     assert env.query("select count(*) from timetap.packages_sold where client is not null") == [
         (0,)
     ]
+
+
+def test_a_full_refresh_that_failed_keeps_refusing_the_changed_salt(tmp_path: Path) -> None:
+    """The new salt was recorded before the refresh had loaded anything: when Bizstim was down,
+    the next ordinary run took the old hashes for the new salt's and stored both."""
+    with Simulator(seed=11, sessions=300, clients=40, packages=6) as sim:
+        plant(sim)
+        env = with_policy(make_env(sim, tmp_path, timetap=False))
+        run_ok(env)
+        hashed = env.query("select distinct session_note from bizstim.sessions where id = ?", [
+            sim.bizstim.rows()[7]["id"]
+        ])
+        assert hashed == [(expected_hash(EMAIL),)]
+        env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = SALT + "-changed"
+        url = env.vars["SOURCES__BIZSTIM__BASE_URL"]
+        with socket.socket() as free:  # a port nothing listens on: Bizstim is down
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        env.vars["SOURCES__BIZSTIM__BASE_URL"] = f"http://127.0.0.1:{port}/api"
+        env.vars["SOURCES__BIZSTIM__MAX_ATTEMPTS"] = "1"
+        down = env.run("run", "--full-refresh")
+        assert down.code == 4, down.stderr
+        env.vars["SOURCES__BIZSTIM__BASE_URL"] = url
+        refused = env.run("run")
+        assert refused.code == 2, refused.stderr
+        assert "(PRACTICE_SYNC__PRIVACY_SALT) is not the salt that hashed bizstim" in refused.stderr
+        refreshed = env.run("run", "--full-refresh")  # landed: the new salt is the record's
+        assert refreshed.code == 0, refreshed.stderr
+        assert env.run("run").code == 0
+    assert env.query("select distinct session_note from bizstim.sessions where id = ?", [
+        sim.bizstim.rows()[7]["id"]
+    ]) == [(expected_hash(EMAIL, SALT + "-changed"),)]

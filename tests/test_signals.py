@@ -179,3 +179,20 @@ def test_a_signal_at_any_step_exits_with_its_code_and_the_next_run_recovers(
     result = env.run("run")
     assert result.code == 0, result.stderr
     assert_warehouse_equals_upstream(env, sim)
+
+
+def test_an_interrupted_transform_is_recorded_in_the_history(
+    env: Env, tmp_path, first_run
+) -> None:
+    """As a run's interruption is: `transform` appended no row at all."""
+    assert first_run("run").code == 0
+    paused = tmp_path / "paused"
+    env.vars.update(PRACTICE_SYNC_PAUSEPOINT="mid-transform", PRACTICE_SYNC_PAUSEFILE=str(paused))
+    process = env.start("transform", "--full-rebuild", capture=True)
+    wait_until_paused(process, paused)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 143, stderr
+    assert env.query(
+        "select source, outcome, exit_code from ops.run_history order by finished_at desc limit 1"
+    ) == [("analytics", "interrupted", 143)]
