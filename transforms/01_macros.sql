@@ -19,6 +19,16 @@ create or replace temp macro parse_int(raw) as
 create or replace temp macro int_problem(raw) as
     case when trim(raw) <> '' and parse_int(raw) is null then 'not an integer' end;
 
+-- INTEGER columns (counts, slots): a whole number beyond INTEGER's range is NULL and reported,
+-- where a bare TRY_CAST made it NULL with no issue.
+create or replace temp macro parse_int32(raw) as try_cast(parse_int(raw) as integer);
+
+create or replace temp macro int32_problem(raw) as
+    case
+        when trim(raw) <> '' and parse_int(raw) is null then 'not an integer'
+        when parse_int(raw) is not null and parse_int32(raw) is null then 'integer out of range'
+    end;
+
 -- Money and other decimal amounts: plain decimal notation, rounded to cents.
 create or replace temp macro parse_decimal(raw) as
     case when regexp_full_match(raw, ' *[+-]?\d+(\.\d+)? *')
@@ -42,9 +52,10 @@ create or replace temp macro bool_problem(raw) as
     case when raw is not null and parse_bool(raw) is null then 'not a boolean' end;
 
 -- Bizstim dates: 'YYYY-MM-DD' only. Zero dates ('0000-00-00') and impossible ones ('2022-02-30')
--- fail the cast.
+-- fail the cast; so does year 0000, which DuckDB would read as 1 BC.
 create or replace temp macro parse_date(raw) as
-    case when regexp_full_match(raw, ' *\d{4}-\d{2}-\d{2} *') then try_cast(trim(raw) as date) end;
+    case when regexp_full_match(raw, ' *\d{4}-\d{2}-\d{2} *') and trim(raw) not like '0000-%'
+        then try_cast(trim(raw) as date) end;
 
 create or replace temp macro date_problem(raw) as
     case
@@ -52,7 +63,8 @@ create or replace temp macro date_problem(raw) as
         when raw is not null and parse_date(raw) is null then 'not a valid date'
     end;
 
--- Bizstim wall-clock times: 'HH:MM' or 'HH:MM:SS', 00:00 to 23:59:59.
+-- Bizstim wall-clock times: 'HH:MM' or 'HH:MM:SS', 00:00 to 24:00 (ISO 8601's end of the day: a
+-- session ending at 24:00 ends at the next midnight).
 create or replace temp macro parse_time(raw) as
     case when regexp_full_match(raw, ' *\d{1,2}:\d{2}(:\d{2})? *') then try_cast(trim(raw) as time) end;
 
