@@ -197,6 +197,55 @@ def test_every_transition_on_a_quarter_hour_grid() -> None:
     assert_matches_pendulum(walls, convert(walls, session_time_zone="Pacific/Chatham"))
 
 
+# zones whose clocks change late in the local evening or at midnight: an overnight session's end,
+# on the next local day, falls after the second UTC midnight past its date
+EVENING_ZONES = ["America/Santiago", "Pacific/Easter", "America/Nuuk", "America/Asuncion"]
+
+
+def test_overnight_ends_near_a_transition_match_pendulum() -> None:
+    """The fast path skips ICU where the offsets around a session's *date* agree; an overnight
+    session ends on the next day, and the window once ended before some of those ends (Santiago,
+    2024-04-05 23:50 to 23:30: an hour early, and no overlap flag)."""
+    walls: list[tuple[str, dt.datetime, dt.datetime]] = []
+    for zone in [*EVENING_ZONES, *ZONES]:
+        for earliest, latest in transitions(zone):
+            end = earliest - dt.timedelta(hours=3)
+            while end <= latest + dt.timedelta(hours=3):
+                date = end.date() - dt.timedelta(days=1)
+                walls.append((zone, dt.datetime.combine(date, dt.time(23, 59)), end))
+                end += dt.timedelta(minutes=15)
+    con = duckdb.connect()
+    sessions(
+        con,
+        *(
+            {
+                "id": str(number),
+                "timezone": zone,
+                "session_date": start.strftime("%Y-%m-%d"),
+                "session_start_time": "23:59",
+                "session_end_time": end.strftime("%H:%M:%S"),
+            }
+            for number, (zone, start, end) in enumerate(walls)
+        ),
+    )
+    run_transforms(con)
+    rows = fetch_dicts(
+        con,
+        "select end_utc, is_end_in_dst_gap, is_end_in_dst_overlap, is_overnight "
+        "from analytics.sessions order by session_id",
+    )
+    assert len(rows) == len(walls) > 2000
+    assert sum(zone == "America/Santiago" for zone, _, _ in walls) > 100
+    mismatches = []
+    for (zone, _, end), row in zip(walls, rows, strict=True):
+        want = expected(zone, end)
+        got = (row["end_utc"], row["is_end_in_dst_gap"], row["is_end_in_dst_overlap"])
+        if row["is_overnight"] and got != tuple(want.values()):
+            mismatches.append((zone, end.isoformat(), got, want))
+    assert sum(row["is_overnight"] for row in rows) > 2000
+    assert not mismatches, mismatches[:5]
+
+
 @st.composite
 def walls_near_transitions(draw: st.DrawFn) -> tuple[str, dt.datetime]:
     zone = draw(st.sampled_from(ZONES))

@@ -127,9 +127,12 @@ localized as not materialized (
 
 -- ICU time-zone lookups are the slow part of this model, and sessions share few dates: the
 -- offsets in force around each (zone, date) are looked up once. Where they are equal from the day
--- before to two days after, no transition is near and UTC is plain arithmetic; only sessions on
--- transition days take the full ICU path (same results: tests/test_timezones.py). The pairs come
--- from the raw text (few distinct values), typed as `renamed` types them.
+-- before to three days after (UTC midnights), no transition is near and UTC is plain arithmetic;
+-- only sessions near transitions take the full ICU path (same results: tests/test_timezones.py).
+-- Three days, not two: an overnight session ends on the next local day, as late as 23:59, which
+-- in a zone west of UTC is past the second UTC midnight (Santiago and Easter Island change their
+-- clocks at local midnight). The pairs come from the raw text (few distinct values), typed as
+-- `renamed` types them.
 zone_days as (
     select distinct known_zones.zone_name as zone, parse_date(raw.session_date) as day
     from (select distinct timezone, session_date from source) as raw
@@ -142,7 +145,7 @@ zone_day_offsets as (
         zone,
         day,
         utc_offset_us(zone, epoch_us(day::timestamp) - 86400000000) as offset_before,
-        utc_offset_us(zone, epoch_us(day::timestamp) + 2 * 86400000000) as offset_after
+        utc_offset_us(zone, epoch_us(day::timestamp) + 3 * 86400000000) as offset_after
     from zone_days
 ),
 
