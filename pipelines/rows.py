@@ -181,11 +181,13 @@ def _finish(
     for name in required:
         column = columns[name]
         if column.null_count:
+            # absent or JSON null alike: a required value the record does not give is NULL
+            # wherever it goes, and said so (the session's date, times, status, id)
             for index in pc.indices_nonzero(column.is_null()).to_pylist():
-                if name not in rows[index]:
-                    issues.setdefault(index, []).append(
-                        {"field": name, "value": "", "problem": "missing from the record"}
-                    )
+                problem = "null in the record" if name in rows[index] else "missing from the record"
+                issues.setdefault(index, []).append(
+                    {"field": name, "value": "", "problem": problem}
+                )
     # one look at every value of the page first: a long one is rare, 2 x 40 calls a page are not
     long_somewhere = bool(columns) and (
         pc.max(pc.utf8_length(pa.concat_arrays(list(columns.values())))).as_py() or 0

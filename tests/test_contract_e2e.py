@@ -132,19 +132,19 @@ def test_a_fatal_data_test_keeps_yesterdays_analytics_and_exits_7(sim: Simulator
     assert env.run("run", "--source", "bizstim", "--quiet").code == 0
     before = env.query("select * from analytics.sessions order by session_id")
     session_id = before[0][0]
-    # a second current raw version whose id reads as the same session: '0' + id
+    # a current raw version of a new session with no valid_from (not_null is fatal for it)
     with contextlib.closing(duckdb.connect(str(env.database))) as con:
         con.execute(
-            "insert into bizstim.sessions by name select * replace ('0' || id as id, "
-            "md5(_dlt_id) as _dlt_id) from bizstim.sessions where id = ? and _dlt_valid_to is null",
+            "insert into bizstim.sessions by name select * replace (id || '9' as id, "
+            "md5(_dlt_id) as _dlt_id, null as _dlt_valid_from) from bizstim.sessions "
+            "where id = ? and _dlt_valid_to is null",
             [str(session_id)],
         )
     result = env.run("transform")
     assert result.code == 7, result.stderr
     assert (
-        "analytics.session_history failed its key test on account, session_id, version_number "
-        "in 2 rows (duplicate keys), so "
+        "analytics.session_history.valid_from failed its not_null test in 1 row, so "
         "the previous analytics tables were kept." in result.stderr
-    )
+    ), result.stderr
     assert env.query("select * from analytics.sessions order by session_id") == before
     assert query(serving_file(env), "select count(*) from analytics.sessions") == [(len(before),)]

@@ -87,14 +87,18 @@ def test_values_that_are_not_text_are_converted_silently_for_vendors_that_send_j
     assert issues(result) == [None]
 
 
-def test_a_missing_required_field_is_reported_but_an_explicit_null_is_not() -> None:
+def test_a_required_field_missing_or_null_is_reported() -> None:
+    """A JSON null in a required field was silent: a session with a null date, times and status
+    loaded with NULLs and no data issue."""
     result = table(
-        [{"id": "1"}, {"id": "2", "start": None}, {"start": "x"}], required=["id", "start"]
+        [{"id": "1"}, {"id": "2", "start": None}, {"start": "x"}, {"id": None, "start": "y"}],
+        required=["id", "start"],
     )
     assert issues(result) == [
         [{"field": "start", "value": "", "problem": "missing from the record"}],
-        None,
+        [{"field": "start", "value": "", "problem": "null in the record"}],
         [{"field": "id", "value": "", "problem": "missing from the record"}],
+        [{"field": "id", "value": "", "problem": "null in the record"}],
     ]
 
 

@@ -332,6 +332,22 @@ NULL_TIMES = {
             },
         ),
         ({"timezone": ""}, "timezone", "unknown time zone", {"start_utc": None}),
+        # no zone in the answer: the instants were NULL with no issue
+        (
+            {"timezone": None},
+            "timezone",
+            "missing time zone",
+            {"local_start": datetime(2021, 4, 28, 17, 0), "start_utc": None, "end_utc": None},
+        ),
+        # beyond INTEGER: parse_int read it, the cast to INTEGER made it NULL with no issue
+        ({"slots": "3000000000"}, "slots", "integer out of range", {"slots": None}),
+        # year 0000 was read as 1 BC
+        (
+            {"session_date": "0000-01-01"},
+            "session_date",
+            "not a valid date",
+            {"session_date": None, "start_utc": None},
+        ),
     ],
 )
 def test_each_bad_value_gives_null_and_one_issue(con, change, field, problem, expected) -> None:
@@ -349,6 +365,34 @@ def test_garbage_id_keeps_the_row_and_reports_the_raw_id(con) -> None:
     run_transforms(con)
     assert one_session(con)["session_id"] is None
     assert issues(con) == [("bizstim", "session", "11a5", "id", "11a5", "not an integer")]
+
+
+def test_one_id_spelled_three_ways_is_one_session(con) -> None:
+    """dlt keeps '7', ' 7' and '007' as three records (ids are text); as three version groups
+    they were three current rows of session 7, and the key test rolled back every night's
+    build. One session: the latest current version wins, the others are its history."""
+    sessions(
+        con,
+        {"id": "7", "session_status": "1"},
+        {"id": "007", "session_status": "0", "_dlt_valid_from": LOAD_2, "_dlt_load_id": "2"},
+        {"id": " 7", "session_status": "2", "_dlt_valid_from": LOAD_1, "_dlt_load_id": "0"},
+    )
+    run_transforms(con)
+    assert fetch_dicts(con, "select session_id, status from analytics.sessions") == [
+        {"session_id": 7, "status": "open"}
+    ]
+    assert con.execute(
+        "select version_number, status, is_current from analytics.session_history "
+        "order by version_number"
+    ).fetchall() == [(1, "missed", False), (2, "canceled", False), (3, "open", True)]
+    assert issues(con) == []
+
+
+def test_an_empty_id_is_reported(con) -> None:
+    sessions(con, {"id": ""})
+    run_transforms(con)
+    assert one_session(con)["session_id"] is None
+    assert issues(con) == [("bizstim", "session", "", "id", "", "not an integer")]
 
 
 def test_empty_and_missing_optional_values_are_silent(con) -> None:
