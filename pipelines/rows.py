@@ -56,6 +56,10 @@ def with_column(name: str, value: str, item: Any) -> Any:
 
 
 LONG_VALUE = 100_000  # characters; longer values load in full but are reported
+# columns the pipeline stamps on every row (accounts.ACCOUNT_COLUMN): a vendor field of that name
+# is kept under another, or it would take the place of the stamp and file its record under an
+# account that does not exist
+RESERVED = {"account": "account_from_vendor"}
 
 
 def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
@@ -120,6 +124,9 @@ def rows_to_table(
     if not columns or sum(map(len, rows)) != sum(len(c) - c.null_count for c in columns.values()):
         names.update(dict.fromkeys(chain.from_iterable(rows)))
         columns = {n: pa.array([row.get(n) for row in rows], type=pa.string()) for n in names}
+    for name, kept_as in RESERVED.items():
+        if name in columns and name not in documented:
+            columns[kept_as] = columns.pop(name)
     table = _finish(rows, columns, required, constants, check_replacement, issues)
     if policy:
         table = policy.apply(table)

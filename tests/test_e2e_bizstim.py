@@ -93,3 +93,24 @@ def test_a_night_of_changes_is_reflected_exactly(sim: Simulator, env: Env, first
         "select count(*) from analytics.session_history where session_id = ? and not is_current",
         [gone],
     ) == [(1,)]
+
+
+def test_a_vendor_field_named_account_does_not_take_the_accounts_place(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    """The account is stamped on every row after the extract; a vendor field of that name took
+    its place, and the session was filed under an account that does not exist."""
+    assert first_run("run", "--source", "bizstim").code == 0
+    session_id = sim.bizstim.rows()[3]["id"]
+    sim.bizstim.edit(session_id, account='{"tier": "gold"}')
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert env.query(
+        "select account, account_from_vendor from bizstim.sessions "
+        "where id = ? and _dlt_valid_to is null",
+        [session_id],
+    ) == [("default", '{"tier": "gold"}')]
+    assert env.query("select distinct account from analytics.sessions") == [("default",)]
+    assert env.query(
+        "select count(*) from analytics.sessions where session_id = ?", [int(session_id)]
+    ) == [(1,)]

@@ -40,6 +40,15 @@ def test_unknown_fields_become_extra_columns() -> None:
     assert result["colour"].to_pylist() == [None, "red"]
 
 
+def test_a_vendor_field_named_like_the_account_stamp_is_kept_under_another_name() -> None:
+    result = table([{"id": "1", "account": '{"tier": "gold"}'}, {"id": "2"}])
+    assert "account" not in result.column_names
+    assert result["account_from_vendor"].to_pylist() == ['{"tier": "gold"}', None]
+    # hashed as stored, so a privacy rewrite of the history computes the same hash
+    renamed = table([{"id": "1", "account_from_vendor": '{"tier": "gold"}'}, {"id": "2"}])
+    assert result[ROW_HASH].to_pylist() == renamed[ROW_HASH].to_pylist()
+
+
 def test_a_row_that_is_not_an_object_is_kept_as_an_issue_row() -> None:
     result = table([{"id": "1"}, "oops", 5, None])
     assert result.num_rows == 4
