@@ -90,7 +90,16 @@ class SourceReport:
         return {
             "source": self.name,
             "account": self.account,
-            "outcome": "skipped" if self.skipped else "failed" if self.error else "ok",
+            # as ops.run_history says it (history.source_outcome)
+            "outcome": (
+                "skipped"
+                if self.skipped
+                else "failed"
+                if self.error
+                else "withheld"
+                if self.withheld
+                else "ok"
+            ),
             "requests": self.http.requests,
             "retries": self.http.retries,
             "bytes": self.http.bytes,

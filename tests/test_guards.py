@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import Env
 
@@ -22,6 +24,22 @@ def test_total_zero_glitch_retires_nothing(sim: Simulator, env: Env, first_run) 
     assert "--allow-deletions" in result.stderr
     assert current_ids(env) == before
     assert env.query("select count(*) from analytics.sessions") == [(len(before),)]
+
+
+def test_a_withheld_source_says_so_in_json_logs_as_in_the_history(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    assert first_run("run").code == 0
+    sim.add_fault(Fault(path=r"/sessions/", kind="empty", times=1))
+    result = env.run("run", "--source", "bizstim", "--log-format", "json")
+    assert result.code == 3
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    (finished,) = [e for e in events if e["event"] == "source_finished"]
+    assert finished["outcome"] == "withheld"  # was "ok"
+    assert env.query(
+        "select outcome from ops.run_history where source = 'bizstim' "
+        "order by finished_at desc limit 1"
+    ) == [("withheld",)]
 
 
 def test_far_fewer_rows_withholds_deletions_but_applies_edits(
