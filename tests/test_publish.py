@@ -475,12 +475,13 @@ def test_a_failed_rebuild_publishes_nothing_and_says_so_in_the_history(
     env = publishing(make_env(sim, tmp_path, timetap=False), pg_url)
     assert env.run("run").code == 0
     before = pg_analytics(pg_url)
-    # a second current raw version whose id reads as the same session ('0' + id): the rebuild's
-    # key test fails (tests/test_contract_e2e.py), yesterday's analytics is kept
+    # a current raw version with no valid_from: the rebuild's fatal not_null test fails
+    # (tests/test_contract_e2e.py), yesterday's analytics is kept
     with contextlib.closing(duckdb.connect(str(env.database))) as con:
         con.execute(
-            "insert into bizstim.sessions by name select * replace ('0' || id as id, "
-            "md5(_dlt_id) as _dlt_id) from bizstim.sessions where _dlt_valid_to is null limit 1"
+            "insert into bizstim.sessions by name select * replace (id || '9' as id, "
+            "md5(_dlt_id) as _dlt_id, null as _dlt_valid_from) from bizstim.sessions "
+            "where _dlt_valid_to is null limit 1"
         )
     result = env.run("transform")
     assert result.code == 7, result.stderr

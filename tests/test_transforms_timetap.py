@@ -158,6 +158,21 @@ def test_package_column_types(con) -> None:
             "not an epoch-milliseconds timestamp",
         ),
         ({"modified_date": "1.7e12"}, "modified_at", None, "not an epoch-milliseconds timestamp"),
+        # whole numbers beyond INTEGER: NULL like any unreadable count, and said why
+        ({"quantity": "2147483647"}, "quantity", 2147483647, None),
+        ({"quantity": "2147483648"}, "quantity", None, "integer out of range"),
+        (
+            {"expire_in_days": "9223372036854775807"},
+            "expire_in_days",
+            None,
+            "integer out of range",
+        ),
+        (
+            {"remind_when_below_quantity": "-2147483649"},
+            "remind_when_below_quantity",
+            None,
+            "integer out of range",
+        ),
     ],
 )
 def test_package_values(con, change, column, expected, problem) -> None:
@@ -271,6 +286,43 @@ def test_retired_packages_leave_packages_and_stay_in_history(con) -> None:
     assert issues(con) == [("timetap", "package", "504", "price", "n/a", "not a number")]
 
 
+def test_a_package_with_an_unreadable_or_missing_active_stays_on_offer(con) -> None:
+    packages(
+        con,
+        {"package_id": "1", "active": "maybe"},
+        # the extractor reports the missing field (a listed package has none to lose)
+        {
+            "package_id": "2",
+            "active": None,
+            "_ingest_issues": '[{"field":"active","value":"","problem":"missing from the record"}]',
+        },
+        {"package_id": "3", "active": "false"},
+    )
+    run_transforms(con)
+    assert rows(con, "select package_id, active from analytics.packages") == [(1, None), (2, None)]
+    assert rows(con, "select package_id, service_id from analytics.package_services") == [
+        (1, 11),
+        (1, 12),
+        (2, 11),
+        (2, 12),
+    ]
+    assert rows(con, "select package_id, position from analytics.package_reasons") == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
+    assert rows(con, "select package_id, is_current, is_retired from analytics.package_history") == [
+        (1, True, False),
+        (2, True, False),
+        (3, True, True),
+    ]
+    assert issues(con) == [
+        ("timetap", "package", "1", "active", "maybe", "not a boolean"),
+        ("timetap", "package", "2", "active", "", "missing from the record"),
+    ]
+
+
 def test_package_ingest_issues(con) -> None:
     packages(
         con,
@@ -339,6 +391,31 @@ def test_quantities(con) -> None:
     assert issues(con) == [
         ("timetap", "package_sold", "2", "used_quantity", "12", "used quantity exceeds maximum"),
         ("timetap", "package_sold", "3", "used_quantity", "lots", "not an integer"),
+    ]
+
+
+def test_quantities_beyond_integer_are_reported(con) -> None:
+    packages_sold(
+        con,
+        {"package_sold_id": "1", "max_quantity": "9223372036854775807"},  # Long.MAX_VALUE
+        {"package_sold_id": "2", "used_quantity": "2147483648"},
+        {"package_sold_id": "3", "max_quantity": "2147483647", "used_quantity": "2147483647"},
+    )
+    run_transforms(con)
+    assert rows(
+        con,
+        "select package_sold_id, max_quantity, used_quantity, remaining_quantity from analytics.packages_sold",
+    ) == [(1, None, 3, None), (2, 10, None, None), (3, 2147483647, 2147483647, 0)]
+    assert issues(con) == [
+        (
+            "timetap",
+            "package_sold",
+            "1",
+            "max_quantity",
+            "9223372036854775807",
+            "integer out of range",
+        ),
+        ("timetap", "package_sold", "2", "used_quantity", "2147483648", "integer out of range"),
     ]
 
 

@@ -4,10 +4,11 @@ API reference: `../shared/api-docs/timetap-package.txt` and the README beside it
 an API key and a private key from TimeTap's API settings; the private key is never sent, only
 used to sign the session-token request. Returns two resources landing in dataset `timetap`:
 
-- `packages` (`GET /package`): only packages whose modifiedDate differs from the warehouse's
-  current version are written. A package that drops out of the list was retired upstream
-  (DELETE only sets `active=false`): its record is fetched by id and loaded as a new, inactive
-  version, so it is marked inactive and never lost.
+- `packages` (`GET /package`): every listed package, so that a version stored wrong is corrected
+  the next night (unchanged ones go no further, see below). A package that drops out of the list
+  is fetched by id and loaded as TimeTap has it: retired upstream (DELETE only sets
+  `active=false`), it becomes a new, inactive version and is never lost; still active (the
+  listing dropped it by mistake), it stays on offer. Only one TimeTap no longer has is retired.
 - `packages_sold` (`GET /packageSold/client/{id}`), a transformer fed by `client_ids` (every id
   of `GET /clientIdList`, or the configured `client_ids`): no modified-since filter exists, so
   every run sweeps all clients concurrently and dlt's `scd2` merge keeps the history of used
@@ -141,7 +142,7 @@ def _sweep_sold(
 ) -> Generator[Any, None, None]:
     """The whole sweep as the guard sees it, before `only_changes` leaves out what is current."""
     sweep = yield from read_packages_sold(api, clients.ids, policy)
-    review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients))
+    review = deletions.review(sweep.ids, spare=spare_clients(sweep.missing_clients, policy))
     yield from deletions.placeholder(review, empty_sold())
     if deletions.permit(review):
         yield from deletions.tombstones(review.vanished)

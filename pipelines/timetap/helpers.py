@@ -22,8 +22,8 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from practice_sync import context, guard
 from practice_sync.errors import AuthRejected, NotFound, UnusableResponse
-from practice_sync.http import BadBody, HttpClient, SourceNames
-from practice_sync.privacy import Policy
+from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames
+from practice_sync.privacy import HASH, Policy
 from practice_sync.report import Progress
 from practice_sync.rows import ROW_HASH, rows_to_table, text_columns
 
@@ -93,12 +93,17 @@ class TimeTapApi:
 
     def get(self, path: str, check: Callable[[Any], None] = check_list) -> Any:
         """GET JSON (an array unless `check` says otherwise); on 401 refresh the token once."""
+        return self.get_response(path, check).data
+
+    def get_response(self, path: str, check: Callable[[Any], None] = check_list) -> JsonResponse:
+        """`get` with what the HTTP layer noticed, i.e. whether invalid UTF-8 was replaced: the
+        rows of that answer are then checked for U+FFFD and reported."""
         token = self.token()
         for attempt in range(2):
             try:
                 return self.client.get_json(
                     path, headers={"Authorization": f"Bearer {token}"}, check=check
-                ).data
+                )
             except AuthRejected:
                 if attempt:
                     raise AuthRejected(
@@ -117,53 +122,63 @@ def _check_token(data: Any) -> None:
 
 # -- packages ---------------------------------------------------------------------------------
 
-_MISSING = object()
+PACKAGE_TABLE_FIELDS = [snake(f) for f in PACKAGE_FIELDS]
+# a package without these is reported ("missing from the record"): an id-less one has a NULL key,
+# and one without `active` stays on offer only because an unreadable flag does not retire it
+PACKAGE_REQUIRED = ("package_id", "active")
 
 
 def read_packages(
     api: TimeTapApi, deletions: guard.DeletionGuard, policy: Policy | None = None
 ) -> Generator[pa.Table, None, None]:
-    """Listed packages whose modifiedDate differs from the warehouse's, then the vanished ones
-    (as far as the guard permits) as new inactive versions."""
+    """Every listed package, then the vanished ones (as far as the guard permits) as TimeTap
+    now has them.
+
+    Every listed package is handed on, not only those whose modifiedDate moved: `only_changes`
+    leaves out the unchanged ones by row hash, so a version stored wrong (a night's mangled
+    text, a listing glitch, values a privacy policy no longer drops) is corrected the next
+    night, with no new version otherwise. Packages are few; this costs one page a night.
+    """
     run = context.current("timetap")
-    listed = [snake_row(row) for row in api.get("/package")]
+    listing = api.get_response("/package")
+    listed = [snake_row(row) for row in listing.data]
     run.report.count("packages", len(listed))
-    held = run.current("timetap", "packages", ["package_id", "modified_date"])
-    known = dict(
-        zip(held["package_id"].to_pylist(), held["modified_date"].to_pylist(), strict=True)
-    )
-    changed = [
-        row
-        for row in listed
-        if known.get(_text(row.get("package_id")), _MISSING) != _text(row.get("modified_date"))
-    ]
-    listed_ids = pa.array([_text(row.get("package_id")) for row in listed], pa.string())
+    listed_ids = pa.array([_text(_field(row, "package_id")) for row in listed], pa.string())
     review = deletions.review(listed_ids)
+    if listed:
+        yield _package_table(listed, listing.replaced_utf8, policy)
     gone: list[str] = []
     if deletions.permit(review):
         for package_id in review.vanished.to_pylist():
-            found = _retired_package(api, package_id)
+            found = _vanished_package(api, package_id)
             if found is None:
                 gone.append(package_id)
-            else:
-                changed.append(found)
-    fields = [snake(f) for f in PACKAGE_FIELDS]
-    if changed:
-        yield rows_to_table(changed, fields, entity="package", expect_text=False, policy=policy)
-    yield from deletions.placeholder(review, rows_to_table([], fields, entity="package"))
+            else:  # one answer each: only an answer that had invalid UTF-8 is checked for it
+                yield _package_table([snake_row(found.data)], found.replaced_utf8, policy)
+    yield from deletions.placeholder(review, _package_table([], False, None))
     yield from deletions.tombstones(gone)
 
 
-def _retired_package(api: TimeTapApi, package_id: str) -> dict[str, Any] | None:
-    """The retired package as TimeTap now has it (active=false); None when TimeTap has no such
-    package any more."""
+def _package_table(rows: list[Any], replaced_utf8: bool, policy: Policy | None) -> pa.Table:
+    return rows_to_table(
+        rows,
+        PACKAGE_TABLE_FIELDS,
+        entity="package",
+        required=PACKAGE_REQUIRED,
+        check_replacement=replaced_utf8,
+        expect_text=False,
+        policy=policy,
+    )
+
+
+def _vanished_package(api: TimeTapApi, package_id: str) -> JsonResponse | None:
+    """A package missing from GET /package as GET /package/{id} has it: retired (active=false,
+    as DELETE leaves it), or still active when the listing dropped it by mistake, stored as it is
+    either way; None when TimeTap has no such package any more."""
     try:
-        found = api.get(f"/package/{package_id}", check=check_object)
+        return api.get_response(f"/package/{package_id}", check=check_object)
     except NotFound:  # gone altogether; an outage (RetriesExhausted) must not retire it
         return None
-    row: dict[str, Any] = snake_row(found)
-    row["active"] = False
-    return row
 
 
 # -- packages sold ----------------------------------------------------------------------------
@@ -206,30 +221,35 @@ def read_packages_sold(
     run = context.current("timetap")
     progress = Progress("TimeTap clients", len(client_ids)) if run.show_progress else None
 
-    def fetch(client_id: str) -> tuple[str, list[Any] | None]:
+    def fetch(client_id: str) -> tuple[str, JsonResponse | None]:
         try:
-            return client_id, api.get(f"/packageSold/client/{client_id}")
+            return client_id, api.get_response(f"/packageSold/client/{client_id}")
         except NotFound:
             return client_id, None
 
     seen: list[pa.Array] = []
     missing: list[str] = []
-    batch: list[Any] = []
+    # rows of answers that had invalid UTF-8 replaced go apart, so that only their values are
+    # searched for U+FFFD (a real U+FFFD elsewhere in the batch is not invalid UTF-8)
+    batches: dict[bool, list[Any]] = {False: [], True: []}
     try:
         for done, (client_id, sold) in enumerate(api.client.map_ordered(fetch, client_ids), 1):
             if sold is None:
                 missing.append(client_id)
             else:
-                batch.extend(_with_client(row, client_id) for row in sold)
+                batches[sold.replaced_utf8].extend(
+                    _with_client(row, client_id) for row in sold.data
+                )
             if progress:
                 progress.advance(1)
-            if batch and (done % CLIENT_BATCH == 0 or done == len(client_ids)):
-                table = rows_to_table(
-                    batch, SOLD_FIELDS, entity="package_sold", expect_text=False, policy=policy
-                )
-                seen.append(table["package_sold_id"].combine_chunks())
-                batch = []
-                yield table
+            if done % CLIENT_BATCH and done != len(client_ids):
+                continue
+            for replaced, batch in batches.items():
+                if batch:
+                    table = _sold_table(batch, replaced, policy)
+                    seen.append(table["package_sold_id"].combine_chunks())
+                    batch.clear()
+                    yield table
     finally:
         if progress:
             progress.close()
@@ -245,7 +265,23 @@ def read_packages_sold(
 
 
 def empty_sold() -> pa.Table:
-    return rows_to_table([], SOLD_FIELDS, entity="package_sold", expect_text=False)
+    return _sold_table([], False, None)
+
+
+# a package sold without its id has a NULL key: reported, as the contract's key_nulls says
+SOLD_REQUIRED = ("package_sold_id",)
+
+
+def _sold_table(rows: list[Any], replaced_utf8: bool, policy: Policy | None) -> pa.Table:
+    return rows_to_table(
+        rows,
+        SOLD_FIELDS,
+        entity="package_sold",
+        required=SOLD_REQUIRED,
+        check_replacement=replaced_utf8,
+        expect_text=False,
+        policy=policy,
+    )
 
 
 FETCH_PROBLEMS = "fetch_problems"
@@ -276,11 +312,26 @@ def fetch_problems(missing_clients: Sequence[str]) -> Any:
     return dlt.mark.with_hints(table, hints, create_table_variant=True)
 
 
-def spare_clients(missing_clients: Sequence[str]) -> str:
-    """SQL condition for the current sales of clients whose list could not be read."""
+def spare_clients(missing_clients: Sequence[str], policy: Policy | None = None) -> str:
+    """SQL condition for the current sales of clients whose list could not be read.
+
+    Matched as stored: a privacy policy may hash `client_id` (or `client.clientId`), or drop
+    `client_id`, whose sales are then tied to their client by the embedded object's clientId
+    (as the staging model ties them). A hash is 64 hex digits, never a plain id, so plain and
+    hashed ids can be listed together."""
     if not missing_clients:
         return "false"
-    return f"client_id in ({', '.join(repr(str(int(c))) for c in missing_clients)})"
+    ids = [str(int(c)) for c in missing_clients]
+    stored = list(ids)
+    if policy and HASH in (
+        policy.columns.get(CLIENT_ID_COLUMN),
+        policy.nested.get("client", {}).get(CLIENT_ID_COLUMN),
+    ):
+        stored += [policy.hash_text(c) for c in ids]
+    listed = ", ".join(repr(c) for c in stored)
+    # the object is only read where client_id is NULL, and only if it is valid JSON
+    fallback = "case when json_valid(client) then client ->> 'clientId' end"
+    return f"coalesce(client_id, {fallback}) in ({listed})"
 
 
 def _with_client(row: Any, client_id: str) -> Any:
@@ -294,6 +345,11 @@ def snake_row(row: Any) -> Any:
     if not isinstance(row, dict):
         return row
     return {snake(key): value for key, value in row.items()}
+
+
+def _field(row: Any, name: str) -> Any:
+    """A row's field; None for a row that is not an object (loaded as an issue-only row)."""
+    return row.get(name) if isinstance(row, dict) else None
 
 
 def _text(value: Any) -> str | None:

@@ -14,7 +14,7 @@ create or replace table analytics.package_reasons as
 
 with reasons as (
     select * from stg_timetap__packages__reason_list
-    where is_current and active and position is not null
+    where is_current and active is distinct from false and position is not null
 ),
 
 final as (

@@ -14,7 +14,7 @@ create or replace table analytics.package_services as
 
 with services as (
     select * from stg_timetap__packages__service_ids
-    where is_current and active and service_id is not null
+    where is_current and active is distinct from false and service_id is not null
 ),
 
 final as (

@@ -1,8 +1,8 @@
 -- depends_on: stg_timetap__packages
 --
--- analytics.packages: one row per package on offer now (current version with active = true;
--- retired packages stay in analytics.package_history). Unreadable values are NULL here and listed
--- in analytics.data_issues.
+-- analytics.packages: one row per package on offer now (current version not deactivated: active
+-- true, or unreadable or missing and reported, as in packages_sold; retired packages stay in
+-- analytics.package_history). Unreadable values are NULL here and listed in analytics.data_issues.
 --
 --   package_id                  BIGINT
 --   business_id                 BIGINT
@@ -16,7 +16,7 @@
 --   staff_rate_level            VARCHAR
 --   allow_online                BOOLEAN        may be bought online (vendor's name, kept as is)
 --   taxable                     BOOLEAN
---   active                      BOOLEAN        always true here
+--   active                      BOOLEAN        true, or NULL if unreadable; never false here
 --   image_url                   VARCHAR
 --   created_at                  TIMESTAMPTZ    createdDate (epoch ms); NULL if outside 2000..2100
 --   created_by                  VARCHAR        createdUser
@@ -30,7 +30,7 @@ create or replace table analytics.packages as
 
 with packages as (
     select * from stg_timetap__packages
-    where is_current and active
+    where is_current and active is distinct from false
 ),
 
 final as (

@@ -25,9 +25,9 @@ renamed as not materialized (
         internal_name,
         description,
         parse_decimal(price) as price,
-        try_cast(parse_int(quantity) as integer) as quantity,
-        try_cast(parse_int(expire_in_days) as integer) as expire_in_days,
-        try_cast(parse_int(remind_when_below_quantity) as integer) as remind_when_below_quantity,
+        parse_int32(quantity) as quantity,
+        parse_int32(expire_in_days) as expire_in_days,
+        parse_int32(remind_when_below_quantity) as remind_when_below_quantity,
         staff_rate_level,
         parse_bool(allow_online) as allow_online,
         parse_bool(taxable) as taxable,
@@ -49,10 +49,10 @@ renamed as not materialized (
             issue('package_id', source.package_id, int_problem(source.package_id)),
             issue('business_id', source.business_id, int_problem(source.business_id)),
             issue('price', source.price, decimal_problem(source.price)),
-            issue('quantity', source.quantity, int_problem(source.quantity)),
-            issue('expire_in_days', source.expire_in_days, int_problem(source.expire_in_days)),
+            issue('quantity', source.quantity, int32_problem(source.quantity)),
+            issue('expire_in_days', source.expire_in_days, int32_problem(source.expire_in_days)),
             issue('remind_when_below_quantity', source.remind_when_below_quantity,
-                int_problem(source.remind_when_below_quantity)),
+                int32_problem(source.remind_when_below_quantity)),
             issue('allow_online', source.allow_online, bool_problem(source.allow_online)),
             issue('taxable', source.taxable, bool_problem(source.taxable)),
             issue('active', source.active, bool_problem(source.active)),
@@ -65,8 +65,9 @@ renamed as not materialized (
 versions as not materialized (
     select
         *,
-        -- Only an active version keeps a package on offer (DELETE just sets active=false).
-        active as is_live
+        -- Only a deactivated version takes a package off offer (DELETE just sets active=false);
+        -- an unreadable or missing active (reported) keeps it, as for packages sold.
+        active is distinct from false as is_live
     from renamed
 ),
 

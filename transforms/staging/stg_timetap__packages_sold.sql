@@ -30,8 +30,8 @@ renamed as not materialized (
         parse_int(pkg_json ->> 'packageId') as package_id,
         client_json,  -- the embedded client object (marts/timetap_clients.sql)
         parse_decimal(price) as price,
-        try_cast(parse_int(max_quantity) as integer) as max_quantity,
-        try_cast(parse_int(used_quantity) as integer) as used_quantity,
+        parse_int32(max_quantity) as max_quantity,
+        parse_int32(used_quantity) as used_quantity,
         case when upper(trim(status)) in ('OPEN', 'CLOSED') then upper(trim(status)) end as status,
         parse_epoch_ms(purchase_date) as purchased_at,
         parse_epoch_ms(expire_date) as expires_at,
@@ -64,10 +64,10 @@ renamed as not materialized (
                         then 'no integer packageId in pkg'
                 end),
             issue('price', parsed.price, decimal_problem(parsed.price)),
-            issue('max_quantity', parsed.max_quantity, int_problem(parsed.max_quantity)),
+            issue('max_quantity', parsed.max_quantity, int32_problem(parsed.max_quantity)),
             issue('used_quantity', parsed.used_quantity,
                 coalesce(
-                    int_problem(parsed.used_quantity),
+                    int32_problem(parsed.used_quantity),
                     case when parse_int(parsed.used_quantity) > parse_int(parsed.max_quantity)
                         then 'used quantity exceeds maximum' end
                 )),
