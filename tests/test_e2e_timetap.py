@@ -447,3 +447,92 @@ def test_a_client_answering_404_keeps_its_sales_under_a_client_id_policy(
     assert env.query(
         "select count(*) from analytics.packages_sold where package_sold_id = ?", [refunded]
     ) == [(0,)]
+
+
+def _a_client_and_another_clients_change(sim: Simulator) -> tuple[int, dict]:
+    """A client with sales, and a sale of another client used once more upstream tonight."""
+    sold = sim.timetap.packages_sold()
+    client_id = sold[0]["client"]["clientId"]
+    other = next(
+        s for s in sold
+        if s["client"]["clientId"] != client_id and s["usedQuantity"] < s["maxQuantity"]
+    )  # fmt: skip
+    sim.timetap.use_package(other["packageSoldId"])
+    return client_id, other
+
+
+@pytest.mark.parametrize(
+    ("status", "said", "problem"),
+    [
+        (500, "kept failing", "its packages sold could not be read after every retry"),
+        (403, "were refused", "its packages sold were refused with a fresh session token"),
+    ],
+)
+def test_a_client_whose_list_keeps_failing_costs_the_others_nothing(
+    sim: Simulator, env: Env, first_run, status: int, said: str, problem: str
+) -> None:
+    """One client answering 500 after every retry (or 403 with a fresh token) failed the whole
+    TimeTap source: exit 4 (5), and every other client's changes waited for the vendor."""
+    assert first_run("run", "--source", "timetap").code == 0
+    client_id, other = _a_client_and_another_clients_change(sim)
+    before = env.query(
+        "select count(*) from analytics.packages_sold where client_id = ?", [client_id]
+    )
+    sim.add_fault(Fault(rf"/packageSold/client/{client_id}$", "500", status=status, times=50))
+    env.vars.update(SOURCES__TIMETAP__MAX_ATTEMPTS="2", SOURCES__TIMETAP__BACKOFF_BASE="0.01")
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    assert f"1 TimeTap clients {said} for their packages sold (client {client_id})" in (
+        result.stdout
+    )
+    assert env.query(
+        "select used_quantity from analytics.packages_sold where package_sold_id = ?",
+        [other["packageSoldId"]],
+    ) == [(other["usedQuantity"] + 1,)]
+    assert env.query(
+        "select count(*) from analytics.packages_sold where client_id = ?", [client_id]
+    ) == before  # not retired on a failure's word
+    assert env.query(
+        "select record_id, problem from analytics.data_issues where entity = 'client'"
+    ) == [(str(client_id), problem)]
+
+
+def test_many_failing_clients_are_timetap_failing(sim: Simulator, env: Env, first_run) -> None:
+    """Past a few clients (or 2 x concurrency in a row) it is TimeTap that is broken: the source
+    fails as before, and nothing of it is applied."""
+    assert first_run("run", "--source", "timetap").code == 0
+    before = env.query("select count(*), max(_dlt_load_id) from timetap.packages_sold")
+    sim.add_fault(Fault(r"/packageSold/client/", "500", times=10_000))
+    env.vars.update(SOURCES__TIMETAP__MAX_ATTEMPTS="1")
+    result = env.run("run", "--source", "timetap")
+    assert result.code == 4, result.stderr
+    assert env.query("select count(*), max(_dlt_load_id) from timetap.packages_sold") == before
+
+
+def test_a_garbled_client_id_list_entry_costs_the_others_nothing(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    """A null or -1 among the ids failed the whole source (exit 4). The client it stood for
+    cannot be named, so no sale is retired that night; the others load, and it is reported."""
+    assert first_run("run", "--source", "timetap").code == 0
+    _, other = _a_client_and_another_clients_change(sim)
+    removed = next(s for s in sim.timetap.packages_sold() if s is not other)
+    sim.timetap.refund(removed["packageSoldId"])
+    with answers_changed(sim, ["clientIdList"], lambda ids: [*ids, None, -1]):
+        result = env.run("run", "--source", "timetap")
+    assert result.code == 0, result.stderr
+    assert "held 2 entries that are not client ids (null, -1)" in result.stdout
+    assert env.query(
+        "select used_quantity from analytics.packages_sold where package_sold_id = ?",
+        [other["packageSoldId"]],
+    ) == [(other["usedQuantity"] + 1,)]
+    retired = "select count(*) from analytics.packages_sold where package_sold_id = ?"
+    assert env.query(retired, [removed["packageSoldId"]]) == [(1,)]  # not tonight
+    assert env.query(
+        "select record_id, problem from analytics.data_issues where entity = 'client' order by 1"
+    ) == [
+        ("-1", "GET /clientIdList listed it, and it is not a client id"),
+        ("null", "GET /clientIdList listed it, and it is not a client id"),
+    ]
+    assert env.run("run", "--source", "timetap").code == 0  # a clean list: retired now
+    assert env.query(retired, [removed["packageSoldId"]]) == [(0,)]

@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import dlt
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from practice_sync import context, guard
-from practice_sync.errors import AuthRejected, NotFound, UnusableResponse
+from practice_sync.errors import AuthRejected, NotFound, SourceUnavailable
 from practice_sync.http import BadBody, HttpClient, JsonResponse, SourceNames
 from practice_sync.privacy import HASH, Policy
 from practice_sync.report import Progress
@@ -189,53 +190,110 @@ class ClientList:
     """The business's client ids, passed whole from `client_ids` to `packages_sold`."""
 
     ids: list[str]
+    # entries of GET /clientIdList that are not client ids: reported; the others load
+    garbled: list[str] = field(default_factory=list)
 
 
 def client_list(api: TimeTapApi, configured: Sequence[int] | None) -> ClientList:
+    """The ids to sweep. An entry that is not a client id (null, -1) stood for a client nobody
+    can name: it is reported, the rest load, and no sale is retired that night (`_sweep_sold`),
+    where it used to fail every client's night."""
     raw = list(configured) if configured else api.get("/clientIdList")
     ids: list[str] = []
+    garbled: list[str] = []
     for value in raw:
-        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-            raise UnusableResponse(
-                f"TimeTap's client id list holds {str(value)[:40]!r}, which is not a client id; "
-                "set sources.timetap.client_ids (SOURCES__TIMETAP__CLIENT_IDS) to work around it."
-            )
-        ids.append(str(int(value)))
-    return ClientList(list(dict.fromkeys(ids)))
+        text = str(value)
+        if isinstance(value, bool) or not isinstance(value, int | str) or not _is_id(text):
+            garbled.append(orjson.dumps(value, default=str).decode()[:40])
+            continue
+        ids.append(str(int(text)))
+    return ClientList(list(dict.fromkeys(ids)), garbled)
+
+
+def _is_id(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 @dataclass
 class SoldSweep:
-    """What a sweep of packages sold saw: the ids, and the clients whose list was not found."""
+    """What a sweep of packages sold saw: the ids, and the clients whose list could not be read
+    (client id -> why)."""
 
     ids: pa.ChunkedArray
-    missing_clients: list[str]
+    problems: dict[str, str]
+
+    @property
+    def missing_clients(self) -> list[str]:
+        return list(self.problems)
+
+
+NOT_FOUND = "its packages sold answered HTTP 404 (not found)"
+KEPT_FAILING = "its packages sold could not be read after every retry"
+REFUSED = "its packages sold were refused with a fresh session token"
+# clients whose list keeps failing are their own problem up to this share of the business (at
+# least FAILING_CLIENTS_MIN); more, or 2 x concurrency in a row, and TimeTap itself is broken:
+# the source fails (exit 4 or 5) and nothing of it is applied, as before
+FAILING_CLIENTS_SHARE = 0.01
+FAILING_CLIENTS_MIN = 3
+
+
+class _Failures:
+    """Counts the clients whose list failed; says when that is TimeTap failing, not a client."""
+
+    def __init__(self, clients: int, concurrency: int) -> None:
+        self.allowed = max(FAILING_CLIENTS_MIN, int(clients * FAILING_CLIENTS_SHARE))
+        self.in_a_row_allowed = 2 * concurrency
+        self.count = self.in_a_row = 0
+        self._lock = threading.Lock()
+
+    def ok(self) -> None:
+        with self._lock:
+            self.in_a_row = 0
+
+    def failed(self) -> bool:
+        """Count one; True when it is one too many (the caller re-raises)."""
+        with self._lock:
+            self.count += 1
+            self.in_a_row += 1
+            return self.count > self.allowed or self.in_a_row >= self.in_a_row_allowed
 
 
 def read_packages_sold(
     api: TimeTapApi, client_ids: Sequence[str], policy: Policy | None = None
 ) -> Generator[pa.Table, None, SoldSweep]:
     """Yield the packages sold of every client, `CLIENT_BATCH` clients per Arrow table, fetched
-    `concurrency` at a time. A client whose list answers 404 is that client's problem: the
-    others load, and it is returned so its earlier sales are not retired on a 404's word."""
+    `concurrency` at a time. A client whose list answers 404, keeps failing after every retry or
+    is refused is that client's problem: the others load, and it is returned so its earlier
+    sales are not retired on a failure's word. Many such clients (`_Failures`) are TimeTap's
+    problem: the source fails."""
     run = context.current("timetap")
     progress = Progress("TimeTap clients", len(client_ids)) if run.show_progress else None
+    failures = _Failures(len(client_ids), api.client.concurrency)
 
-    def fetch(client_id: str) -> tuple[str, JsonResponse | None]:
+    def fetch(client_id: str) -> tuple[str, JsonResponse | None, str | None]:
         try:
-            return client_id, api.get_response(f"/packageSold/client/{client_id}")
+            answer = api.get_response(f"/packageSold/client/{client_id}")
         except NotFound:
-            return client_id, None
+            return client_id, None, NOT_FOUND
+        except (SourceUnavailable, AuthRejected) as exc:
+            if failures.failed():
+                raise
+            return client_id, None, REFUSED if isinstance(exc, AuthRejected) else KEPT_FAILING
+        failures.ok()
+        return client_id, answer, None
 
     seen: list[pa.Array] = []
-    missing: list[str] = []
+    problems: dict[str, str] = {}
     # rows of answers that had invalid UTF-8 replaced go apart, so that only their values are
     # searched for U+FFFD (a real U+FFFD elsewhere in the batch is not invalid UTF-8)
     batches: dict[bool, list[Any]] = {False: [], True: []}
     try:
-        for done, (client_id, sold) in enumerate(api.client.map_ordered(fetch, client_ids), 1):
+        for done, (client_id, sold, problem) in enumerate(
+            api.client.map_ordered(fetch, client_ids), 1
+        ):
             if sold is None:
-                missing.append(client_id)
+                problems[client_id] = problem or NOT_FOUND
             else:
                 batches[sold.replaced_utf8].extend(
                     _with_client(row, client_id) for row in sold.data
@@ -255,13 +313,16 @@ def read_packages_sold(
             progress.close()
     ids = pa.chunked_array(seen, pa.string())
     run.report.count("packages_sold", len(ids))
-    if missing:
-        run.report.notes.append(
-            f"{len(missing):,} TimeTap clients answered 404 for their packages sold "
-            f"(client {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); their earlier "
-            "sales stay as they were (see analytics.data_issues)"
-        )
-    return SoldSweep(ids, missing)
+    for reason, said in ((NOT_FOUND, "answered 404"), (KEPT_FAILING, "kept failing"),
+                         (REFUSED, "were refused")):  # fmt: skip
+        clients = [client for client, problem in problems.items() if problem == reason]
+        if clients:
+            run.report.notes.append(
+                f"{len(clients):,} TimeTap clients {said} for their packages sold (client "
+                f"{', '.join(clients[:5])}{' …' if len(clients) > 5 else ''}); their earlier "
+                "sales stay as they were (see analytics.data_issues)"
+            )
+    return SoldSweep(ids, problems)
 
 
 def empty_sold() -> pa.Table:
@@ -287,10 +348,11 @@ def _sold_table(rows: list[Any], replaced_utf8: bool, policy: Policy | None) -> 
 FETCH_PROBLEMS = "fetch_problems"
 
 
-def fetch_problems(missing_clients: Sequence[str]) -> Any:
-    """This run's unreadable clients, replacing the last run's, for `analytics.data_issues`."""
-    clients = pa.array(list(missing_clients), pa.string())
-    problems = ["its packages sold answered HTTP 404 (not found)"] * len(clients)
+def fetch_problems(unread: Mapping[str, str]) -> Any:
+    """This run's unreadable clients (id -> why), replacing the last run's, for
+    `analytics.data_issues`."""
+    clients = pa.array(list(unread), pa.string())
+    problems = list(unread.values())
     schema = pa.schema(
         [
             pa.field("client_id", pa.string()),
