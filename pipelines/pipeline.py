@@ -439,15 +439,7 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
     kwargs = job.overrides.get(spec.name, {})
     try:
         if pipeline.has_pending_data:
-            pending = dlt_glue.pending_refreshes(Path(pipeline.pipelines_dir))
-            refreshed = pipeline.pipeline_name in pending
-            report.notes.append("finished a load left over from an interrupted run")
-            _normalize_and_load(pipeline, load, job, report)
-            replayed = warehouse.remove_replayed_rows(job.database, load.dataset)
-            if replayed:
-                report.notes.append(f"removed {replayed:,} rows the resumed load wrote twice")
-            if refreshed:  # the history is now the refresh's, written under today's policy
-                privacy.record(job.database, load.dataset, _privacy_policy(load, kwargs))
+            _finish_left_over(pipeline, load, job, report, kwargs)
         # a changed privacy policy reaches the account's stored history first, so this load
         # compares like with like (practice_sync.privacy)
         with warehouse.access:
@@ -475,6 +467,24 @@ def _load_source(load: AccountLoad, job: Job, report: SourceReport) -> None:
         # our own sentences stand alone: a chained dlt error could quote a URL with a key in it
         raise explained from (exc if isinstance(explained, LoadFailed) else None)
     report.tables = warehouse.table_changes(job.database, load.dataset, spec.tables, started)
+
+
+def _finish_left_over(
+    pipeline: dlt.Pipeline,
+    load: AccountLoad,
+    job: Job,
+    report: SourceReport,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Load what an interrupted or failed run left behind, before anything new is read."""
+    refreshed = pipeline.pipeline_name in dlt_glue.pending_refreshes(Path(pipeline.pipelines_dir))
+    report.notes.append("finished a load left over from an interrupted run")
+    _normalize_and_load(pipeline, load, job, report)
+    replayed = warehouse.remove_replayed_rows(job.database, load.dataset)
+    if replayed:
+        report.notes.append(f"removed {replayed:,} rows the resumed load wrote twice")
+    if refreshed:  # the history is now the refresh's, written under today's policy
+        privacy.record(job.database, load.dataset, _privacy_policy(load, kwargs))
 
 
 def _privacy_policy(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:

@@ -313,16 +313,23 @@ def read_packages_sold(
             progress.close()
     ids = pa.chunked_array(seen, pa.string())
     run.report.count("packages_sold", len(ids))
+    run.report.notes += _unread_notes(problems)
+    return SoldSweep(ids, problems)
+
+
+def _unread_notes(problems: Mapping[str, str]) -> list[str]:
+    """The summary's lines about clients whose packages sold could not be read, one per reason."""
+    notes = []
     for reason, said in ((NOT_FOUND, "answered 404"), (KEPT_FAILING, "kept failing"),
                          (REFUSED, "were refused")):  # fmt: skip
         clients = [client for client, problem in problems.items() if problem == reason]
         if clients:
-            run.report.notes.append(
+            notes.append(
                 f"{len(clients):,} TimeTap clients {said} for their packages sold (client "
                 f"{', '.join(clients[:5])}{' …' if len(clients) > 5 else ''}); their earlier "
                 "sales stay as they were (see analytics.data_issues)"
             )
-    return SoldSweep(ids, problems)
+    return notes
 
 
 def empty_sold() -> pa.Table:
