@@ -95,7 +95,10 @@ class RetryPolicy:
         Full jitter keeps many workers from retrying in lockstep after a shared 5xx burst;
         a longer `Retry-After` wins even past `backoff_cap` (it is capped when parsed).
         """
-        jittered = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+        # 2**attempt capped: a large max_attempts would overflow the float from attempt 1024
+        jittered = random.uniform(
+            0, min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 60))
+        )
         return jittered if retry_after is None else max(retry_after, jittered)
 
     def wait(self, state: RetryCallState) -> float:
@@ -359,7 +362,11 @@ class HttpClient:
 
 
 def parse_json(body: bytes) -> JsonResponse:
-    """JSON of a response body, tolerating invalid UTF-8 (reported, not fatal)."""
+    """JSON of a response body, tolerating invalid UTF-8 (reported, not fatal) and a leading
+    byte-order mark (RFC 8259 lets a parser ignore it; orjson refuses it, and such a body was
+    retried as broken until the source failed)."""
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]
     try:
         return JsonResponse(orjson.loads(body))
     except orjson.JSONDecodeError:
@@ -387,7 +394,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except ValueError:
         try:
             when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):  # year 99999999999999
             return None
         if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
             when = when.replace(tzinfo=UTC)
@@ -465,6 +472,8 @@ class CurlTransport:
         self._connect_ms = max(1, round(policy.connect_timeout * 1000))
         # no byte for this long ends the attempt, as a socket read timeout would
         self._stall_s = max(1, math.ceil(policy.read_timeout))
+        # ten stalls' worth: a page of a few MB takes seconds, a trickle is cut off (transient)
+        self._total_ms = self._connect_ms + 10 * self._stall_s * 1000
 
     def header_lines(self, headers: Mapping[str, str] | None) -> list[str]:
         """The request's header lines: a call's own headers replace the client's."""
@@ -510,6 +519,8 @@ class CurlTransport:
             (pycurl.CONNECTTIMEOUT_MS, self._connect_ms),
             (pycurl.LOW_SPEED_LIMIT, 1),
             (pycurl.LOW_SPEED_TIME, self._stall_s),
+            # and a whole attempt's cap: a server trickling a byte a second is never "stalled"
+            (pycurl.TIMEOUT_MS, self._total_ms),
             (pycurl.PROXY, self.proxy),  # "" turns libcurl's own environment reading off
             # a folder of certificates is accepted where requests accepts one
             (pycurl.CAPATH if os.path.isdir(self._ca) else pycurl.CAINFO, self._ca),

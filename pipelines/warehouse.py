@@ -106,8 +106,13 @@ def _hold(database: Path) -> None:
         return
     try:
         _held[database] = _open(database)
-    except duckdb.IOException:
+    except duckdb.IOException as exc:
         del _held[database]
+        if "lock" not in str(exc).lower():  # not a holder: the file itself is wrong
+            raise ConfigError(
+                f"The warehouse {database} cannot be opened ({str(exc).strip().splitlines()[0]}"
+                f"): restore it from a copy or fix {SETTING}."
+            ) from None
         raise LoadFailed(
             f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
             "holding it for writing); close it and run again. Nothing was changed."
@@ -320,13 +325,14 @@ def table_changes(
                            from "{dataset}"."{table}"),
                      added as (select distinct k from t where f >= $since and k is not null),
                      seen as (select distinct k from t
-                              where f < $since and k in (select k from added))
+                              where f < $since and k in (select k from added)),
+                     kept as (select distinct k from t where v is null and k is not null)
                 select
                     (select count(*) from added) - (select count(*) from seen)
                         + (select count(*) from t where f >= $since and k is null),
                     (select count(*) from seen),
                     (select count(distinct k) from t where v >= $since
-                        and k not in (select k from added))
+                        and k not in (select k from added) and k not in (select k from kept))
                         + (select count(*) from t where v >= $since and k is null),
                     (select count(*) from t where v is null)
                 """,

@@ -507,7 +507,9 @@ def test_the_run_summary_counts_records_and_rows_without_a_key_each_count_once(
                 (None, earlier, None),  # no id, held from an earlier night
                 (None, tonight, None),  # no id, new tonight
                 (None, earlier, tonight),  # no id, retired tonight
+                ("6", earlier, None),  # two current versions until tonight: one closed, the
+                ("6", earlier, tonight),  # record stays current, so nothing was retired
             ],
         )
     changes = warehouse.table_changes(database, "bizstim", {"sessions": "id"}, tonight)
-    assert changes["sessions"] == TableChange(new=2, changed=1, retired=3, current=5)
+    assert changes["sessions"] == TableChange(new=2, changed=1, retired=3, current=6)

@@ -182,6 +182,18 @@ def test_warehouse_held_by_another_program(loaded: Env) -> None:
     assert snapshot(loaded) == before
 
 
+def test_a_warehouse_file_that_is_not_duckdb_is_not_blamed_on_another_program(env: Env) -> None:
+    """Every IOException at the first open read "open in another program ... run again", which
+    can never help a damaged or foreign file."""
+    env.database.write_bytes(b"this is not a DuckDB file" * 1000)
+    result = env.run("run")
+    assert result.code == 2
+    assert_one_sentence(
+        result.stderr, f"The warehouse {env.database} cannot be opened (", "restore it from a copy"
+    )
+    assert "another program" not in result.stderr
+
+
 def test_a_failed_load_job_is_named_by_its_cause() -> None:
     """dlt's retry error ends in "Last failure message was: Traceback (most recent call
     last):"; the sentence needs the cause's last line."""

@@ -39,9 +39,11 @@ from practice_sync.errors import (
 from practice_sync.http import (
     RETRY_AFTER_CAP,
     HttpClient,
+    JsonResponse,
     RetryPolicy,
     SourceNames,
     Transient,
+    parse_json,
     parse_retry_after,
 )
 from practice_sync.simulator import Fault
@@ -77,6 +79,17 @@ def test_delay_bound_doubles_per_attempt_up_to_the_cap(monkeypatch: pytest.Monke
     policy = RetryPolicy(backoff_base=0.5, backoff_cap=3.0)
     assert [policy.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert all(low == 0 for low, _ in bounds)  # full jitter: anything from no wait at all
+
+
+def test_a_large_max_attempts_does_not_overflow_the_backoff() -> None:
+    policy = RetryPolicy(backoff_base=0.5, backoff_cap=3.0)
+    assert 0 <= policy.delay(2000) <= 3.0  # 0.5 * 2**2000 is no float
+
+
+def test_a_body_with_a_byte_order_mark_is_json() -> None:
+    """orjson refuses the mark RFC 8259 lets a parser ignore: such a body was retried as
+    broken until the source failed, every night."""
+    assert parse_json(b'\xef\xbb\xbf{"a": 1}') == JsonResponse({"a": 1})
 
 
 def test_delays_are_jittered_within_their_bound() -> None:
@@ -121,7 +134,13 @@ def test_retry_after_as_seconds_or_http_date(header: str, seconds: float) -> Non
     assert parse_retry_after(header, now=NOW) == seconds
 
 
-@pytest.mark.parametrize("header", [None, "", "   ", "soon", "nan", "Sat, 99 Foo 2025 12:00:00"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None, "", "   ", "soon", "nan", "Sat, 99 Foo 2025 12:00:00",
+        "Wed, 21 Oct 99999999999999999999 07:28:00 GMT",  # OverflowError: exit 1, a traceback
+    ],
+)  # fmt: skip
 def test_unreadable_retry_after_leaves_the_backoff_to_us(header: str | None) -> None:
     assert parse_retry_after(header, now=NOW) is None
 
@@ -630,3 +649,36 @@ def test_https_is_verified_against_the_ca_bundle_setting(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_server_trickling_bytes_is_cut_off(slept: list[float]) -> None:
+    """libcurl's stall check wants one byte a second over `read_timeout`: a server sending a
+    byte every 0.4 s held an attempt (and the run) as long as it liked. Ten stalls' worth ends
+    it, as a transient failure."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[")
+            # for 30 s at most: without the cap the test fails then (a cut body), never hangs
+            for _ in range(75):
+                if stop.wait(0.4):
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    started = datetime.now(UTC)
+    try:
+        with pytest.raises(RetriesExhausted) as caught:
+            wire_client(f"http://127.0.0.1:{listener.getsockname()[1]}").get_json("/slow")
+    finally:
+        stop.set()
+        listener.close()
+    assert caught.value.problem == "no answer within the timeout"
+    assert (datetime.now(UTC) - started).total_seconds() < 20  # 1 s stalls: cut at ~12 s
