@@ -18,6 +18,7 @@ yesterday's analytics stay, and the message names the table, column, test and ro
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -178,11 +179,13 @@ def _report(
     test: DataTest,
     where: str,
     narrowed: Rewritten | None = None,
+    clear: bool = True,
 ) -> None:
     """One data_issues row per failing record: record_id is the key without `account`, which
     has its own column there (NULL for a table without one). The test's earlier findings go
     first: an incremental build keeps data_issues, and a finding may depend on another table.
-    `narrowed` (see `_narrowed`): only the findings of the rewritten keys are made again."""
+    `narrowed` (see `_narrowed`): only the findings of the rewritten keys are made again.
+    `clear` False: another test with the same data_issues fields cleared them already."""
     only = ""
     if narrowed is not None:
         # the finding's value is the row's key value as text: that names its key
@@ -192,11 +195,12 @@ def _report(
             f"from {narrowed.keys})"
         )
         where = f"({where}) and {narrowed.condition}"
-    con.execute(
-        "delete from analytics.data_issues where source = ? and entity = ? and field = ? "
-        f"and problem = ?{only}",
-        [table.source, table.entity, test.column, problem(test)],
-    )
+    if clear:
+        con.execute(
+            "delete from analytics.data_issues where source = ? and entity = ? and field = ? "
+            f"and problem = ?{only}",
+            [table.source, table.entity, test.column, problem(test)],
+        )
     ids = [c for c in table.key if c != ACCOUNT]
     record = (
         "concat_ws(':', " + ", ".join(f"cast(t.{_ident(c)} as varchar)" for c in ids) + ")"
@@ -246,11 +250,29 @@ def run_data_tests(
                     f"analytics.{table.name}.{test.column} failed its {test.describe()} test in "
                     f"{_rows(failed)}, {_KEPT}."
                 )
-    for table in tables:
-        for test in table.tests:
-            where = failing_rows(test, built, contract, table.name)
-            if not test.fatal and where is not None:
-                _report(con, table, test, where, _narrowed(test, table, built, contract, parts))
+    reported = [
+        (table, test, where)
+        for table in tables
+        for test in table.tests
+        if not test.fatal
+        and (where := failing_rows(test, built, contract, table.name)) is not None
+    ]
+    # tests whose findings look alike in data_issues (package_reasons and package_services both
+    # check package_id against packages) are cleared once and run whole: the second's clearing
+    # deleted the first's fresh findings
+    findings = Counter(_finding(table, test) for table, test, _ in reported)
+    cleared: set[tuple[str, str, str, str]] = set()
+    for table, test, where in reported:
+        finding = _finding(table, test)
+        alone = findings[finding] == 1
+        narrowed = _narrowed(test, table, built, contract, parts) if alone else None
+        _report(con, table, test, where, narrowed, clear=finding not in cleared)
+        cleared.add(finding)
+
+
+def _finding(table: Table, test: DataTest) -> tuple[str, str, str, str]:
+    """What a reported test's rows share in data_issues: source, entity, field, problem."""
+    return (table.source, table.entity, test.column, problem(test))
 
 
 def _narrowed(

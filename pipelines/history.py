@@ -71,7 +71,9 @@ def rows(
                 source_code, source.http.requests, source.http.retries,
                 sum(t.new for t in tables), sum(t.changed for t in tables),
                 sum(t.retired for t in tables), sum(t.current for t in tables),
-                issues.get(source.name), source.error or "; ".join(source.withheld) or None,
+                # 0 for a source that loaded with none; NULL where nothing was loaded
+                issues.get(source.name, 0 if outcome in ("ok", "withheld") else None),
+                source.error or "; ".join(source.withheld) or None,
             )
         )  # fmt: skip
     if signal_code is not None:

@@ -502,15 +502,17 @@ def weekly_charts(con: duckdb.DuckDBPyConnection, today: date) -> list[str]:
     return [stacked_bars(sessions, labels, stacks), rate_chart]
 
 
+# per account: ids are unique within one only (package 5 of two accounts is two packages)
 _BALANCES = """
 with names as (
-    select package_id, arg_max(package_name, valid_from) as name
-    from analytics.package_history group by 1)
+    select account, package_id, arg_max(package_name, valid_from) as name
+    from analytics.package_history group by 1, 2)
 select ps.package_id, any_value(names.name), sum(ps.remaining_quantity), count(*),
-       count(*) filter (where ps.is_expired)
-from analytics.packages_sold ps left join names using (package_id)
+       count(*) filter (where ps.is_expired), ps.account,
+       count(distinct ps.account) over () as accounts
+from analytics.packages_sold ps left join names using (account, package_id)
 where ps.status = 'OPEN' and ps.remaining_quantity > 0
-group by 1 order by 3 desc, 1 limit ?
+group by ps.account, ps.package_id order by 3 desc, 6, 1 limit ?
 """
 
 
@@ -528,8 +530,11 @@ def balances_chart(con: duckdb.DuckDBPyConnection) -> str:
     ):
         return _empty(spec)
     bars = []
-    for package_id, name, remaining, sold, expired in con.execute(_BALANCES, [TOP_N]).fetchall():
+    rows = con.execute(_BALANCES, [TOP_N]).fetchall()
+    for package_id, name, remaining, sold, expired, account, accounts in rows:
         label = f"{name or 'package'} #{package_id}" if package_id is not None else "no package id"
+        if accounts > 1:
+            label = f"{label} ({account})"
         note = f"{label}: {remaining:,} remaining on {sold:,} open sales ({expired:,} expired)"
         bars.append(Bar(label, float(remaining), note, "#0072B2"))
     return hbars(spec, bars)
@@ -571,7 +576,9 @@ def status_table(status: status_mod.Status) -> str:
             (status_mod.count_text(item.open_issues), "num"),
         ]
         last = status_mod.last_run_text(item)
-        bad = item.last_outcome not in (*status_mod.SUCCESS, "skipped")
+        # as the text status: a skipped destination means nothing new was published
+        quiet = ("skipped",) if item.kind != "destination" else ()
+        bad = item.last_outcome not in (*status_mod.SUCCESS, *quiet)
         row = "".join(f'<td class="{css}">{escape(text)}</td>' for text, css in cells)
         title = f' title="{escape(item.last_error)}"' if item.last_error else ""
         row += f'<td class="{"bad" if bad else ""}"{title}>{escape(last)}</td>'

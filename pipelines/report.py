@@ -68,7 +68,7 @@ class SourceReport:
         """This source's lines of the summary."""
         if self.skipped:
             return f"{self.name}: skipped ({self.skipped})"
-        status = "FAILED" if self.error else "ok"
+        status = "FAILED" if self.error else "withheld" if self.withheld else "ok"
         lines = [
             f"{self.name}: {status} — {self.http.requests:,} requests, "
             f"{self.http.retries:,} retries, {self.http.bytes / 1e6:,.1f} MB"

@@ -432,3 +432,36 @@ def test_the_docs_command_prints_or_writes_the_dictionary(tmp_path: Path) -> Non
         refused.stderr
     )
     assert "Traceback" not in refused.stderr
+
+
+def test_two_reported_tests_alike_in_data_issues_keep_each_others_findings() -> None:
+    """package_reasons and package_services both check package_id against packages: their
+    findings share source, entity, field and problem, and the second test's clearing of earlier
+    findings deleted the first's fresh ones."""
+    from practice_sync.contract_checks import run_data_tests
+
+    contract = load_contract(TRANSFORMS_DIR / "marts")
+    built = ["packages", "package_reasons", "package_services", "data_issues"]
+    with duckdb.connect() as con:
+        con.execute("create schema analytics")
+        for name in built:
+            columns = ", ".join(f'"{c.name}" {c.type}' for c in contract[name].columns)
+            con.execute(f"create table analytics.{name} ({columns})")
+        con.execute(
+            "insert into analytics.packages (account, package_id, valid_from) "
+            "values ('default', 1, '2024-01-01')"
+        )
+        con.execute(  # a reason of a package that is not there; a service of one that is
+            "insert into analytics.package_reasons (account, package_id, position) "
+            "values ('default', 99, 1)"
+        )
+        con.execute(
+            "insert into analytics.package_services (account, package_id, service_id) "
+            "values ('default', 1, 7), ('default', 98, 7)"
+        )
+        run_data_tests(con, contract, built)
+        found = con.execute(
+            "select record_id, value, problem from analytics.data_issues order by 1"
+        ).fetchall()
+    problem = "relationships test: not found in analytics.packages.package_id"
+    assert found == [("98:7", "98", problem), ("99:1", "99", problem)]

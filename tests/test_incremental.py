@@ -262,10 +262,12 @@ def test_relationship_findings_follow_the_changed_keys_and_equal_a_full_rebuild(
     narrowed: list[str] = []
     report = contract_checks._report
 
-    def spy(con: Any, table: Any, test: Any, where: str, narrow: Any = None) -> None:
+    def spy(
+        con: Any, table: Any, test: Any, where: str, narrow: Any = None, clear: bool = True
+    ) -> None:
         if narrow is not None:
             narrowed.append(table.name)
-        report(con, table, test, where, narrow)
+        report(con, table, test, where, narrow, clear)
 
     monkeypatch.setattr(contract_checks, "_report", spy)
 

@@ -227,3 +227,79 @@ def test_report_without_run_history_still_draws_the_data(
     assert found == {"data-issues", "sessions-per-week", "cancellation-rate", "package-balances"}
     missing = env.run("report", "--database", str(tmp_path / "nothing.duckdb"))
     assert missing.code == 2 and "There is no serving file" in missing.stderr
+
+
+def test_package_balances_are_per_account() -> None:
+    """Ids are unique within an account only: package 5 of downtown and of uptown were one bar,
+    named after either, with their balances summed."""
+    from practice_sync import html_report
+
+    with duckdb.connect() as con:
+        con.execute("create schema analytics")
+        con.execute(
+            "create table analytics.package_history (account varchar, package_id bigint, "
+            "package_name varchar, valid_from timestamptz)"
+        )
+        con.execute(
+            "create table analytics.packages_sold (account varchar, package_sold_id bigint, "
+            "package_id bigint, status varchar, remaining_quantity integer, is_expired boolean)"
+        )
+        con.execute(
+            "insert into analytics.package_history values "
+            "('downtown', 5, 'Yoga 10-pack', '2024-01-01'), "
+            "('uptown', 5, 'Massage 3-pack', '2024-02-01')"
+        )
+        con.execute(
+            "insert into analytics.packages_sold values "
+            "('downtown', 1, 5, 'OPEN', 8, false), ('uptown', 1, 5, 'OPEN', 2, false)"
+        )
+        svg = html_report.balances_chart(con)
+    assert re.findall(r"<title>([^<]*)</title>", svg) == [
+        "Yoga 10-pack #5 (downtown): 8 remaining on 1 open sales (0 expired)",
+        "Massage 3-pack #5 (uptown): 2 remaining on 1 open sales (0 expired)",
+    ]
+
+
+def test_a_source_that_loaded_without_issues_records_0_and_a_withheld_one_says_so() -> None:
+    from practice_sync import history
+    from practice_sync.report import RunReport, SourceReport
+
+    report = RunReport()
+    report.sources = [
+        SourceReport("bizstim", finished=True, withheld=["3 vanished"]),
+        SourceReport("timetap", finished=True),
+        SourceReport("bizstim.uptown", error="Bizstim rejected the credentials", exit_code=5),
+    ]
+    report.issues_by_source = {"timetap": 3}  # only sources that have issues are listed
+    report.finished = report.started + 1
+    rows = {row[1]: (row[5], row[13]) for row in history.rows(report, 0)}
+    assert rows["bizstim"] == ("withheld", 0)  # was NULL: no issues read as "not loaded"
+    assert rows["timetap"] == ("ok", 3)
+    assert rows["bizstim.uptown"] == ("failed", None)  # nothing loaded
+    assert report.sources[0].render().startswith("bizstim: withheld")  # was "ok"
+
+
+def test_a_skipped_destination_is_flagged_in_the_html_status_as_in_the_text() -> None:
+    """For a destination, `skipped` means the rebuild failed and nothing new was published:
+    `status` prints a `!` line for it, the HTML table showed it as fine."""
+    from datetime import UTC, datetime, timedelta
+
+    from practice_sync import html_report, status
+
+    now = datetime.now(UTC)
+    line = {"configured": True, "last_run_at": now - timedelta(hours=1), "last_exit_code": 0}
+    page = html_report.status_table(
+        status.Status(
+            Path("serving.duckdb"),
+            now,
+            None,
+            [
+                status.SourceStatus("publish.postgres", "destination", last_outcome="skipped",
+                                    last_error="the rebuild failed", **line),
+                status.SourceStatus("bizstim.uptown", "source", last_outcome="skipped",
+                                    last_error=None, **line),
+            ],  # fmt: skip
+        )
+    )
+    last = re.findall(r'<td class="([^"]*)"[^>]*>[^<]*</td></tr>', page)
+    assert last == ["bad", ""]  # the destination flagged; a source not configured here is not
