@@ -151,7 +151,14 @@ def _test(where: str, item: Any, column: str | None) -> DataTest:
         values = options.get("values")
         if not isinstance(values, list) or not values:
             raise ContractError(f"{where}: accepted_values needs a list of `values`")
-        return DataTest(kind, column, severity, values=tuple(str(v) for v in values))
+        # compared as the column's text: YAML's true reads as 'True' where DuckDB writes 'true',
+        # 10.5 as '10.5' where a DECIMAL(18,2) is '10.50', and valid rows failed the test
+        if not all(isinstance(v, str) for v in values):
+            raise ContractError(
+                f"{where}: accepted_values must be quoted text as the column reads when cast to "
+                "VARCHAR ('true', '10.50')"
+            )
+        return DataTest(kind, column, severity, values=tuple(values))
     if kind == "relationships":
         to = _names(where, options.get("to"), "to")
         field = options.get("field", column)

@@ -122,6 +122,8 @@ def test_a_good_file_loads_with_its_tests(tmp_path: Path) -> None:
         ((GOOD, "grain: thing", "grain: thing\ngrian: typo"), "unknown entries grian"),
         ((GOOD, "source: bizstim\n", ""), "a reported (warn) test needs `source` and `entity`"),
         ((GOOD, "{values: [a, b], severity: warn}", "{severity: warn}"), "accepted_values needs a list of `values`"),
+        # YAML's true is 'True' as text, DuckDB's 'true': valid rows failed the test
+        ((GOOD, "values: [a, b]", "values: [true, 10.5]"), "accepted_values must be quoted text"),
         ((GOOD, "description: The id.", "descr: The id."), "unknown column entries descr"),
     ],
 )  # fmt: skip
