@@ -41,15 +41,10 @@ COLUMNS = (
 
 def source_outcome(source: SourceReport, interrupted: bool) -> tuple[str, int]:
     """What one source's night came to, and the exit code it alone would give."""
-    if source.skipped:
-        return "skipped", 0
-    if source.error:
-        return "failed", source.exit_code or 1
-    if interrupted and not source.finished:
+    outcome = source.outcome
+    if interrupted and not source.finished and outcome not in ("skipped", "failed"):
         return "interrupted", 0
-    if source.withheld:
-        return "withheld", 3
-    return "ok", 0
+    return outcome, {"failed": source.exit_code or 1, "withheld": 3}.get(outcome, 0)
 
 
 def rows(

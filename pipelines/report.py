@@ -61,6 +61,16 @@ class SourceReport:
     skipped: str | None = None
     finished: bool = False  # loaded (or failed) before the run ended
 
+    @property
+    def outcome(self) -> str:
+        """skipped | failed | withheld | ok: what the summary, the JSON logs and the run history
+        (`history.source_outcome`, which adds `interrupted`) say of this source's night."""
+        if self.skipped:
+            return "skipped"
+        if self.error:
+            return "failed"
+        return "withheld" if self.withheld else "ok"
+
     def count(self, table: str, rows: int) -> None:
         self.rows_read[table] = self.rows_read.get(table, 0) + rows
 
@@ -68,7 +78,7 @@ class SourceReport:
         """This source's lines of the summary."""
         if self.skipped:
             return f"{self.name}: skipped ({self.skipped})"
-        status = "FAILED" if self.error else "withheld" if self.withheld else "ok"
+        status = "FAILED" if self.error else self.outcome
         lines = [
             f"{self.name}: {status} — {self.http.requests:,} requests, "
             f"{self.http.retries:,} retries, {self.http.bytes / 1e6:,.1f} MB"
@@ -90,16 +100,7 @@ class SourceReport:
         return {
             "source": self.name,
             "account": self.account,
-            # as ops.run_history says it (history.source_outcome)
-            "outcome": (
-                "skipped"
-                if self.skipped
-                else "failed"
-                if self.error
-                else "withheld"
-                if self.withheld
-                else "ok"
-            ),
+            "outcome": self.outcome,
             "requests": self.http.requests,
             "retries": self.http.retries,
             "bytes": self.http.bytes,
