@@ -109,7 +109,8 @@ def test_a_row_without_an_id_on_a_page_boundary_reads_like_any_other(odd: object
     """The boundary row is both the last of one page and the first of the next. Named by its
     position, it looked moved on every sweep, and the account never loaded again."""
     rows = [listed("1"), listed("2"), odd, listed("4"), listed("5")]
-    sweep = Sweep(Listing({0: rows[0:3], 2: rows[2:5]}, 5), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    pages = {0: rows[0:3], 2: rows[2:5], 4: rows[4:5]}
+    sweep = Sweep(Listing(pages, 5), page_size=3, parse_processes=0)  # type: ignore[arg-type]
     read = sum(table.num_rows for table in sweep.pages())
     assert sweep.problems == []
     assert read == 5
@@ -138,3 +139,52 @@ def test_a_vanished_id_is_looked_up_by_its_own_path() -> None:
     answer = helpers._look_up(Client(), "a/b")  # type: ignore[arg-type]
     assert asked == ["/session/a%2Fb"]
     assert answer == {"response": {"id": "a/b"}}
+
+
+def test_a_listing_cut_short_before_its_total_is_a_problem() -> None:
+    """The last page came back with one row where its `total` promised three: two sessions
+    were silently never loaded (exit 0) until the end of the listing was checked."""
+    rows = [listed(str(n)) for n in range(1, 8)]
+    pages = {0: rows[0:3], 2: rows[2:5], 4: rows[4:5]}
+    sweep = Sweep(Listing(pages, 7), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    list(sweep.pages())
+    assert sweep.problems == ["the listing ended at row 5, short of its total 7"]
+
+
+def test_a_total_that_undercounts_reads_on_while_pages_come_back_full() -> None:
+    """A first page whose `total` was its own size ended the sweep there: 2 of 5 sessions."""
+    rows = [listed(str(n)) for n in range(1, 6)]
+    pages = {0: rows[0:3], 2: rows[2:5], 4: rows[4:5]}
+    sweep = Sweep(Listing(pages, 3), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    read = sum(table.num_rows for table in sweep.pages())
+    assert sweep.problems == []
+    assert (read, sweep.ids().to_pylist()) == (5, ["1", "2", "3", "4", "5"])
+
+
+def test_a_decode_worker_that_dies_leaves_the_sweep_complete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed mid-sweep (the kernel's OOM killer, say) broke the pool, and the run
+    ended in exit 1; the pages are now decoded in the fetching process instead."""
+    from practice_sync.bizstim import helpers
+
+    monkeypatch.setattr(helpers, "DECODE_WHILE_WORKERS_START", False)
+    rows = [listed(str(n)) for n in range(1, 2 * 45 + 2)]  # 45 pages after the first
+    pages = {start: rows[start : start + 3] for start in range(0, len(rows), 2)}
+    calls = 0
+
+    class Killing(Listing):
+        def get(self, path: str, decode, **kw: object):  # noqa: ANN001, ANN201
+            nonlocal calls
+            calls += 1
+            if calls == 10:
+                for process in list(sweep._pool._processes.values()):  # type: ignore[union-attr]
+                    process.kill()
+                    process.join()
+            return super().get(path, decode, **kw)
+
+    sweep = Sweep(Killing(pages, len(rows)), page_size=3, parse_processes=1)  # type: ignore[arg-type]
+    ids = [row_id for table in sweep.pages() for row_id in table["id"].to_pylist()]
+    assert sweep.problems == []
+    assert sweep._pool_broken
+    assert ids == [str(n) for n in range(1, len(rows) + 1)]

@@ -13,7 +13,8 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -112,6 +113,8 @@ class Sweep:
     prefiltered: int = 0  # pages whose current rows a worker left out
     _pool: Executor | None = None
     _pool_ready: threading.Event = field(default_factory=threading.Event)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool_broken: bool = False
 
     def fetch(self, start: int) -> Page:
         path = f"/sessions/{start}/{self.page_size}"
@@ -126,12 +129,31 @@ class Sweep:
         # there), so a worker may cut it off and leave out what is current (guard.Prefilter)
         folder = self.prefilter.path() if self.prefilter and start > 0 else None
         held = (self.prefilter.key, folder) if self.prefilter and folder else None
-        return self.client.get(
-            path,
-            lambda body: pool.submit(
-                page_worker.decode_page, SESSIONS_PAGE, start, body, policy, held
-            ).result(),
-        )
+
+        def decode(body: bytes) -> Page:
+            try:
+                return pool.submit(
+                    page_worker.decode_page, SESSIONS_PAGE, start, body, policy, held
+                ).result()
+            except (BrokenProcessPool, CancelledError, RuntimeError) as exc:
+                # a worker died (killed for memory, say): this and every later page of the sweep
+                # is decoded here instead, slower but complete. Cancelled, or refused after
+                # shutdown: another thread saw the pool break first
+                if isinstance(exc, BrokenProcessPool):
+                    self._lose_pool()
+                elif not self._pool_broken:
+                    raise
+                return decode_page(start, body, policy)
+
+        return self.client.get(path, decode)
+
+    def _lose_pool(self) -> None:
+        with self._pool_lock:
+            self._pool_broken = True
+            if self._pool is not None:
+                log.warning("a page decoding process ended abruptly; decoding in this process")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     def first_page(self) -> Page:
         if self.first is None:
@@ -186,10 +208,9 @@ class Sweep:
                 self._check_boundary(previous, page)
                 yield from self._emit(page, on_rows, skip_first=True)
                 previous = page
-            # rows appended during the sweep: read on past the first `total` until a short page
-            while len(previous.ids) == self.page_size and previous.start + self.page_size < max(
-                previous.total, expected_total
-            ):
+            # read on while the last page came back full, whatever `total` said: rows appended
+            # during the sweep, or a `total` that undercounts, would otherwise end it early
+            while len(previous.ids) == self.page_size and not self.problems:
                 page = self.fetch(previous.start + step)
                 self._check_boundary(previous, page)
                 yield from self._emit(page, on_rows, skip_first=True)
@@ -199,6 +220,7 @@ class Sweep:
                 # the workers exit on their own (~0.3 s at a million rows); nothing waits for it
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+        self._check_end(previous)
         self._check_unique_ids()
 
     def _check_boundary(self, previous: Page, page: Page) -> None:
@@ -210,6 +232,13 @@ class Sweep:
             self.problems.append(
                 f"rows shifted between the pages at {previous.start} and {page.start}"
             )
+
+    def _check_end(self, last: Page) -> None:
+        """The last page must reach its own `total`: a listing cut short (a page that came back
+        short, rows deleted mid-sweep) would otherwise lose its missing sessions silently."""
+        end = last.start + len(last.ids)
+        if end < last.total:
+            self.problems.append(f"the listing ended at row {end:,}, short of its total {last.total:,}")
 
     def _emit(
         self, page: Page, on_rows: Callable[[int], None] | None, skip_first: bool = False
