@@ -238,7 +238,9 @@ class Sweep:
         short, rows deleted mid-sweep) would otherwise lose its missing sessions silently."""
         end = last.start + len(last.ids)
         if end < last.total:
-            self.problems.append(f"the listing ended at row {end:,}, short of its total {last.total:,}")
+            self.problems.append(
+                f"the listing ended at row {end:,}, short of its total {last.total:,}"
+            )
 
     def _emit(
         self, page: Page, on_rows: Callable[[int], None] | None, skip_first: bool = False
