@@ -215,6 +215,7 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
     `ops.run_history` and publish the serving file; an interrupted run is recorded too."""
     report = RunReport(database=job.database)
     warehouse.check_writable(job.database)
+    check_outputs(job.database)
     with warehouse.lock(job.database, wait=job.wait_for_lock):
         try:
             code = _load_and_transform(job, report)
@@ -368,6 +369,7 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
     `full_rebuild`), and publish and record it as a run's end does (`_close`)."""
     report = RunReport(database=database)
     warehouse.check_writable(database)
+    check_outputs(database)
     if not database.exists():
         raise ConfigError(
             f"There is no warehouse at {database} yet: run `practice-sync run` first, or fix "
@@ -390,6 +392,15 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
         # serving file, the destinations (so catching a destination up by hand shows in status)
         code = _close(database, report, code)
     return report, code
+
+
+def check_outputs(database: Path) -> None:
+    """`ConfigError` for a serving-file path or publish setting that would fail at the night's
+    end, found before anything loads: afterwards it cost the whole night, with exit 10 blaming
+    the destination's credentials, or exit 2 after the loads."""
+    serve.serve_path(database)
+    publish.target_schema()
+    publish.destinations()
 
 
 def _worst(codes: Sequence[ExitCode]) -> ExitCode:

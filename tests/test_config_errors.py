@@ -211,3 +211,23 @@ def test_a_failed_load_job_is_named_by_its_cause() -> None:
         "duckdb.duckdb.IOException: IO Error: Could not write file: No space left on device"
     )
     assert dlt_glue.write_cause(OSError("disk gone")) == "disk gone"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("PRACTICE_SYNC__PUBLISH_SCHEMA", "Reporting", "PRACTICE_SYNC__PUBLISH_SCHEMA"),
+        ("PRACTICE_SYNC__SERVE_PATH", "warehouse.duckdb", "must not be the warehouse file itself"),
+        ("PRACTICE_SYNC__PUBLISH", '["no_such_destination"]', "not a dlt destination"),
+    ],
+)
+def test_an_output_setting_that_cannot_work_is_refused_before_anything_loads(
+    env: Env, name: str, value: str, fragment: str
+) -> None:
+    """These were checked only when the night's loads and build were done: exit 10 blaming the
+    destination's credentials every night, or exit 2 after the whole load."""
+    env.vars[name] = str(env.database) if name == "PRACTICE_SYNC__SERVE_PATH" else value
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 2, result.stderr
+    assert_one_sentence(result.stderr, fragment)
+    assert not env.database.exists()  # nothing loaded
