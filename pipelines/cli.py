@@ -275,7 +275,11 @@ def _sql(database: Path, query: str) -> int:
         )
     try:
         with duckdb.connect(str(database), read_only=True) as con:
-            con.sql(query).show(max_width=160)
+            result = con.sql(query)
+            if result is None:  # an empty query, a comment, or a statement without rows
+                print("(the statement returned no rows)")
+            else:
+                result.show(max_width=160)
     except duckdb.Error as exc:
         print(f"practice-sync: the query failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         return int(ExitCode.USAGE)
@@ -291,6 +295,10 @@ def _demo(args: argparse.Namespace) -> int:
     target = Path(args.dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
     database = target / "practice_sync_demo.duckdb"
+    # the demo's outputs are its own: a project folder's settings must not send simulator data
+    # to the real serving file or publish destinations (the environment outranks .dlt files)
+    os.environ["PRACTICE_SYNC__PUBLISH"] = "[]"
+    os.environ["PRACTICE_SYNC__SERVE_PATH"] = str(target / "practice_sync_demo_analytics.duckdb")
     serving = serve_path(database)
     for old in (database, database.with_name(database.name + ".wal"), serving):
         old.unlink(missing_ok=True)

@@ -377,6 +377,7 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
         )
     code = ExitCode.OK
     with warehouse.lock(database):
+        _refuse_serving_file(database)
         try:
             _check_no_refresh_in_flight(Job(database=database).pipelines_dir)
             _transform_into(database, report, "--full-rebuild" if full_rebuild else None)
@@ -392,6 +393,25 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
         # serving file, the destinations (so catching a destination up by hand shows in status)
         code = _close(database, report, code)
     return report, code
+
+
+def _refuse_serving_file(database: Path) -> None:
+    """`ConfigError` for a serving file given as the warehouse (`sql`, `status` and `report`
+    take either): `transform` rebuilt `analytics` from nothing inside it and readers lost it.
+    A serving file has `analytics` without the build state every build saves."""
+    with contextlib.closing(warehouse.connect(database)) as con:
+        schemas = {
+            row[0]
+            for row in con.execute(
+                "select schema_name from information_schema.schemata "
+                "where catalog_name = current_database()"
+            ).fetchall()
+        }
+    if "analytics" in schemas and "analytics_state" not in schemas:
+        raise ConfigError(
+            f"{database} is a serving file, not a warehouse: give `transform` the warehouse "
+            f"(--database, or {warehouse.SETTING})."
+        )
 
 
 def check_outputs(database: Path) -> None:
