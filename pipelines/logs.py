@@ -59,6 +59,24 @@ class _Below(logging.Filter):
         return record.levelno < self.level
 
 
+class _ThroughOurs(logging.Handler):
+    """Put on dlt's logger, which does not propagate and keeps the handler it finds (setting
+    only its format): its records reach our handlers, in our format and streams (JSON lines
+    stay JSON). Without `--debug` they are dropped: a failure's sentence is ours, and dlt's
+    screens of tracebacks drowned it."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.debug:
+            return
+        for handler in logging.getLogger().handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
 def setup(log_format: str = "text", debug: bool = False) -> None:
     """Route our logs: INFO to stdout, WARNING and up to stderr, in the chosen format."""
     formatter: logging.Formatter = JsonFormatter() if log_format == "json" else TextFormatter()
@@ -77,6 +95,11 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
     # urllib3 (under requests, which dlt uses) logs full URLs at
     # debug level; a URL can carry a key, as TimeTap's token URL does
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    dlt_logger = logging.getLogger("dlt")
+    for handler in list(dlt_logger.handlers):
+        dlt_logger.removeHandler(handler)
+    dlt_logger.addHandler(_ThroughOurs(debug))
+    dlt_logger.propagate = False
 
 
 def event(name: str, message: str, level: int = logging.INFO, **fields: object) -> None:

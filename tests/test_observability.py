@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 from conftest import Env, wait_until_paused
 
 from practice_sync.simulator import Simulator
@@ -211,3 +212,47 @@ def test_a_full_refresh_killed_mid_load_keeps_last_nights_analytics_until_it_lan
     assert f"bizstim.sessions: {rows:,} new, 0 changed, 0 retired" in landed.stdout
     assert serving.query("select count(*) from analytics.sessions") == [(rows,)]
     assert env.query("select count(*), count(distinct id) from bizstim.sessions") == [(rows, rows)]
+
+
+def test_dlts_own_log_goes_through_ours_and_only_with_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """dlt set up its own stderr handler: a failed publish printed ~90 lines of its tracebacks,
+    which broke `--log-format json` and drowned the one sentence."""
+    import logging
+
+    from dlt.common import logger as dlt_logger
+
+    from practice_sync import logs
+
+    fmt = "{asctime}|[{levelname}]|{name}|{message}"  # dlt's own, as its runtime sets it up
+    root = logging.getLogger()
+    kept = (root.handlers[:], root.level, logging.getLogger(logs.LOGGER).level)
+    try:
+        _dlt_records_through_ours(capsys, dlt_logger, fmt)
+    finally:
+        root.handlers[:], _, _ = kept
+        root.setLevel(kept[1])
+        logging.getLogger(logs.LOGGER).setLevel(kept[2])
+        logging.getLogger("dlt").handlers.clear()
+
+
+def _dlt_records_through_ours(capsys: pytest.CaptureFixture[str], dlt_logger, fmt: str) -> None:  # noqa: ANN001
+    from practice_sync import logs
+
+    for debug in (False, True):
+        logs.setup("json", debug=debug)
+        made = dlt_logger._create_logger("dlt", "WARNING", fmt, "pipeline", {})
+        try:
+            raise RuntimeError("COPY failed")
+        except RuntimeError:
+            made.error("Terminal exception in job", exc_info=True)
+        err = capsys.readouterr().err
+        if not debug:
+            assert err == ""
+            continue
+        entries = [json.loads(line) for line in err.splitlines()]
+        assert [(e["level"], e["message"]) for e in entries] == [
+            ("ERROR", "Terminal exception in job")
+        ]
+        assert "RuntimeError: COPY failed" in entries[0]["traceback"]
