@@ -104,6 +104,18 @@ def destination_rows(report: RunReport, at: datetime | None = None) -> list[tupl
     return out
 
 
+def serving_failed(con: duckdb.DuckDBPyConnection, run_id: str, sentence: str) -> None:
+    """Mark a run's analytics row failed (exit 8 unless it had failed already) when its serving
+    file could not be replaced: the row is written before that attempt, since the serving file
+    carries the history, and said `ok` for a night whose readers kept stale data."""
+    con.execute(
+        f"update {TABLE} set outcome = 'failed', "
+        "exit_code = case when outcome = 'ok' then 8 else exit_code end, "
+        "error = coalesce(error || ' ', '') || ? where run_id = ? and source = 'analytics'",
+        [sentence, run_id],
+    )
+
+
 def _instants(report: RunReport, at: datetime | None) -> tuple[datetime, datetime]:
     """The run's start and end: `at` (now by default) less the run's duration."""
     finished = at or datetime.now(UTC)

@@ -358,6 +358,7 @@ def _serve_and_publish(
     finally:
         history.record(con, history.destination_rows(report, at))
     if served is not None:
+        history.serving_failed(con, report.run_id, str(served))
         raise served
     if report.destinations:
         serve.refresh_history(con, target)

@@ -83,6 +83,13 @@ def test_a_serving_file_that_cannot_be_replaced_outranks_a_withheld_deletion(
     assert result.code == 8, result.stderr
     assert "none were retired" in result.stderr
     assert f"could not be published to {blocked}" in result.stderr
+    # the history said ok for the analytics of a night whose readers kept stale data
+    ((outcome, code, error),) = env.query(
+        "select outcome, exit_code, error from ops.run_history where source = 'analytics' "
+        "order by finished_at desc limit 1"
+    )
+    assert (outcome, code) == ("failed", 8)
+    assert f"could not be published to {blocked}" in error
 
 
 def test_a_few_deletions_are_applied_without_asking(sim: Simulator, env: Env, first_run) -> None:
