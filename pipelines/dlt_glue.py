@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -261,6 +262,8 @@ def write_cause(error: BaseException) -> str:
     """What a failed load job said, for the one-sentence error: dlt's own text ends in "Last
     failure message was: Traceback (most recent call last):", the cause's last line is what a
     person can act on ("No space left on device")."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # "No space left on device", without the file's path
     message = str(getattr(error, "failed_message", "") or "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if lines:
@@ -277,9 +280,27 @@ def missing_setting(exc: BaseException) -> str | None:
 
 
 def failed_write(exc: BaseException) -> BaseException | None:
-    """The underlying error when dlt failed to normalize or load what was extracted."""
+    """The underlying error when dlt failed to normalize or load what was extracted, or failed
+    any step (extract included: its files sit beside the warehouse) because the disk is full."""
     if isinstance(exc, PipelineStepFailed) and exc.step in ("normalize", "load"):
         return exc.exception
+    return disk_full(exc)
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The `OSError` for a full disk or quota anywhere in `exc`'s causes, if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        inner = getattr(current, "exception", None)
+        todo += [current.__cause__, current.__context__]
+        todo += [inner] if isinstance(inner, BaseException) else []
     return None
 
 

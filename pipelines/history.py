@@ -74,7 +74,7 @@ def rows(
     if signal_code is not None:
         analytics = ("interrupted", signal_code)
     elif report.transform_error:
-        analytics = ("failed", 7)
+        analytics = ("failed", report.transform_exit_code)
     else:
         analytics = ("ok", 0)
     out.append(

@@ -238,7 +238,7 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
         _check_no_refresh_in_flight(job.pipelines_dir)
         _transform_into(job.database, report, "--full-refresh" if job.full_refresh else None)
     except TransformFailed as exc:
-        report.transform_error = str(exc)
+        report.transform_error, report.transform_exit_code = str(exc), int(exc.exit_code)
         codes.append(exc.exit_code)
     return _worst(codes)
 
@@ -383,7 +383,7 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
             _check_no_refresh_in_flight(Job(database=database).pipelines_dir)
             _transform_into(database, report, "--full-rebuild" if full_rebuild else None)
         except TransformFailed as exc:
-            report.transform_error = str(exc)
+            report.transform_error, report.transform_exit_code = str(exc), int(exc.exit_code)
             code = exc.exit_code
         except interrupt.Interrupted as stop:  # recorded as a run's interruption is
             report.finished = time.monotonic()
@@ -597,10 +597,15 @@ def _explain(exc: Exception, load: AccountLoad, job: Job) -> PracticeSyncError |
         return expected
     write_error = dlt_glue.failed_write(exc)
     if write_error is not None:
+        extracting = isinstance(exc, dlt_glue.PipelineStepFailed) and exc.step == "extract"
+        then = (
+            "nothing of it was applied and the next run reads it again"
+            if extracting
+            else "what was read is kept and the next run loads it first"
+        )
         return LoadFailed(
             f"{spec.title} data could not be written to {job.database} "
-            f"({dlt_glue.write_cause(write_error)}); what was read is kept and the next run "
-            "loads it first."
+            f"({dlt_glue.write_cause(write_error)}); {then}."
         )
     return None
 
@@ -626,11 +631,29 @@ def _transform_into(database: Path, report: RunReport, full: str | None = None) 
                 build = build_analytics(con, full=full)
             report.analytics, report.analytics_build = build.counts, build.summary
         except (duckdb.Error, TransformOrderError, ContractError, IncrementalError) as exc:
+            full = _disk_problem(exc)
+            if full is not None:
+                raise TransformFailed(
+                    f"The analytics tables could not be written to {database} ({full}) and were "
+                    "kept as they were: free disk space, and the next run rebuilds them.",
+                    ExitCode.LOAD_FAILED,
+                ) from exc
             raise TransformFailed(
                 "The analytics tables could not be rebuilt and were kept as they were "
                 f"({first_line(exc)})."
             ) from exc
         report.data_issues = report.analytics.get("data_issues", report.data_issues)
+
+
+def _disk_problem(exc: BaseException) -> str | None:
+    """What DuckDB said when the disk filled during a build (exit 8, as for a load): its text,
+    or, once the failed write has invalidated the database, that it stopped writing."""
+    text = str(exc)
+    if "No space left on device" in text or dlt_glue.disk_full(exc) is not None:
+        return "No space left on device"
+    if "database has been invalidated" in text:
+        return "DuckDB stopped writing after a failed write"
+    return None
 
 
 def first_line(exc: BaseException) -> str:

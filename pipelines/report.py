@@ -138,6 +138,7 @@ class RunReport:
     analytics_build: str | None = None  # "incremental (…)" or "full (why)": transform.Build
     data_issues: int | None = None
     transform_error: str | None = None
+    transform_exit_code: int = 7  # 8 when the build failed to write (a full disk)
     destinations: list[DestinationReport] = field(default_factory=list)  # in publishing order
     phases: dict[str, float] = field(default_factory=dict)  # "transforms" -> seconds
     started: float = field(default_factory=time.monotonic)

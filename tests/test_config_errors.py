@@ -231,3 +231,45 @@ def test_an_output_setting_that_cannot_work_is_refused_before_anything_loads(
     assert result.code == 2, result.stderr
     assert_one_sentence(result.stderr, fragment)
     assert not env.database.exists()  # nothing loaded
+
+
+def test_a_full_disk_while_extracting_is_exit_8_naming_the_disk(tmp_path: Path) -> None:
+    """dlt's extract files sit beside the warehouse, so a full disk first failed the extract
+    step: "unexpected error" (exit 1), where the README promises 8 and "free the disk"."""
+    import errno
+
+    import dlt
+
+    from practice_sync import dlt_glue
+    from practice_sync.errors import ExitCode, LoadFailed
+    from practice_sync.pipeline import SOURCES, AccountLoad, Job, _explain
+
+    @dlt.resource(name="sessions")
+    def sessions():  # noqa: ANN202
+        yield {"id": 1}
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parquet"))
+
+    pipeline = dlt.pipeline("disk_full", pipelines_dir=str(tmp_path), destination="duckdb")
+    with pytest.raises(Exception) as caught:
+        pipeline.extract(sessions())
+    assert dlt_glue.write_cause(dlt_glue.failed_write(caught.value)) == "No space left on device"
+    job = Job(database=tmp_path / "w.duckdb")
+    explained = _explain(caught.value, AccountLoad(SOURCES["bizstim"]), job)
+    assert isinstance(explained, LoadFailed) and explained.exit_code == ExitCode.LOAD_FAILED
+    assert str(explained) == (
+        f"Bizstim data could not be written to {job.database} (No space left on device); "
+        "nothing of it was applied and the next run reads it again."
+    )
+    assert dlt_glue.failed_write(RuntimeError("a bug")) is None
+
+
+def test_a_full_disk_during_the_build_is_exit_8() -> None:
+    import duckdb
+
+    from practice_sync.pipeline import _disk_problem
+
+    full = duckdb.IOException('Could not write file "w.duckdb.wal": No space left on device')
+    gone = duckdb.FatalException("database has been invalidated because of a previous fatal error")
+    assert _disk_problem(full) == "No space left on device"
+    assert _disk_problem(gone) == "DuckDB stopped writing after a failed write"
+    assert _disk_problem(duckdb.BinderException("column x not found")) is None
