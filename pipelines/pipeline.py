@@ -399,16 +399,18 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
 def _refuse_serving_file(database: Path) -> None:
     """`ConfigError` for a serving file given as the warehouse (`sql`, `status` and `report`
     take either): `transform` rebuilt `analytics` from nothing inside it and readers lost it.
-    A serving file has `analytics` without the build state every build saves."""
+    A serving file has `analytics` without the build state every build saves, and without any
+    raw dataset (dlt's `_dlt_loads`); a warehouse of a release before that state has those."""
     with contextlib.closing(warehouse.connect(database)) as con:
         schemas = {
             row[0]
             for row in con.execute(
-                "select schema_name from information_schema.schemata "
-                "where catalog_name = current_database()"
+                "select table_schema from information_schema.tables "
+                "where table_catalog = current_database() "
+                "and (table_schema in ('analytics', 'analytics_state') or table_name = '_dlt_loads')"
             ).fetchall()
         }
-    if "analytics" in schemas and "analytics_state" not in schemas:
+    if schemas == {"analytics"}:
         raise ConfigError(
             f"{database} is a serving file, not a warehouse: give `transform` the warehouse "
             f"(--database, or {warehouse.SETTING})."
@@ -564,9 +566,19 @@ def _account_source(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:
 def stamp(resource: Any, account: str) -> Any:
     """`resource` with the account's name and dlt's load id (`dlt_glue.with_load_id`) added to
     every page it yields."""
-    return resource.add_map(
-        functools.partial(rows.with_column, accounts.ACCOUNT_COLUMN, account)
-    ).add_map(dlt_glue.with_load_id)
+    return (
+        resource.add_map(functools.partial(rows.with_column, accounts.ACCOUNT_COLUMN, account))
+        .add_map(dlt_glue.with_load_id)
+        .add_map(functools.partial(rows.apart_after_naming, _dlt_spelling()))
+    )
+
+
+@functools.cache
+def _dlt_spelling() -> Callable[[str], str]:
+    """How dlt's default naming (snake_case) spells a column name in the warehouse."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    return NamingConvention().normalize_identifier
 
 
 def _normalize_and_load(

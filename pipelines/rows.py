@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,49 @@ LONG_VALUE = 100_000  # characters; longer values load in full but are reported
 # is kept under another, or it would take the place of the stamp and file its record under an
 # account that does not exist
 RESERVED = {"account": "account_from_vendor"}
+# the pipeline's own columns (guard.VANISHED, the ingest issues, dlt's `_dlt_*`): a vendor field of
+# one of these names is kept as `<name>_from_vendor` too; `_vanished` in a record dropped it
+OURS = frozenset({INGEST_ISSUES, "_vanished"})
+
+
+def _vendor_name(name: str, documented: Sequence[str], constants: Mapping[str, Any]) -> str:
+    """The column an undocumented vendor field is kept in: its own name unless that is one of
+    the pipeline's (the account stamp, a page constant such as the zone, `_dlt_*`, ...)."""
+    if name in documented:
+        return name
+    if name in RESERVED:
+        return RESERVED[name]
+    if name in OURS or name in constants or name.startswith("_dlt"):
+        return f"{name}_from_vendor"
+    return name
+
+
+def apart_after_naming(normalize: Callable[[str], str], item: Any) -> Any:
+    """`item` with each vendor field that dlt's naming would turn into another column's name
+    (`sessionDate` beside `session_date`, `a b` beside `a_b`) renamed `<name>_from_vendor`:
+    dlt refused the whole load (a name collision), every night. Our own columns and the
+    documented ones are spelled as dlt spells them, and keep their names."""
+    if not isinstance(item, pa.Table):
+        return item
+    names = item.column_names
+    spelled = [normalize(name) for name in names]
+    if len(set(spelled)) == len(names):
+        return item
+    kept = {n for n, s in zip(names, spelled, strict=True) if n == s}
+    taken = set(kept)
+    renamed = list(names)
+    for index, (name, spelling) in enumerate(zip(names, spelled, strict=True)):
+        if name in kept:
+            continue
+        if spelling not in taken:
+            taken.add(spelling)  # the first of a kind with no column of its spelling keeps it
+            continue
+        candidate, number = f"{spelling}_from_vendor", 2
+        while candidate in taken:
+            candidate, number = f"{spelling}_from_vendor_{number}", number + 1
+        taken.add(candidate)
+        renamed[index] = candidate
+    return item.rename_columns(renamed)
 
 
 def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
@@ -124,9 +167,9 @@ def rows_to_table(
     if not columns or sum(map(len, rows)) != sum(len(c) - c.null_count for c in columns.values()):
         names.update(dict.fromkeys(chain.from_iterable(rows)))
         columns = {n: pa.array([row.get(n) for row in rows], type=pa.string()) for n in names}
-    for name, kept_as in RESERVED.items():
-        if name in columns and name not in documented:
-            columns[kept_as] = columns.pop(name)
+    constants = constants or {}
+    if any(_vendor_name(n, documented, constants) != n for n in columns):
+        columns = {_vendor_name(n, documented, constants): c for n, c in columns.items()}
     table = _finish(rows, columns, required, constants, check_replacement, issues)
     if policy:
         table = policy.apply(table)

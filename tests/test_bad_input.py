@@ -94,3 +94,45 @@ def test_timetap_bad_values_are_reported_not_dropped(sim: Simulator, env: Env) -
     ]
     sold = {r[0] for r in env.query("select package_sold_id from analytics.packages_sold")}
     assert sold == {s["packageSoldId"] for s in sim.timetap.packages_sold()}
+
+
+def test_vendor_fields_named_like_the_pipelines_columns_load_under_their_own_names(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    """A field whose name dlt spells like another column's (`sessionDate`) failed every night
+    (exit 1, dlt's name collision); one named like a column of ours was dropped (`_vanished`,
+    the record vanished with exit 0) or overwritten (`timezone`, `_ingest_issues`)."""
+    assert first_run("run").code == 0
+    odd = {
+        "sessionDate": "2030-01-01", "Session_Date": "2030-01-02", "_dlt_id": "abc",
+        "_vanished": "0", "timezone": "Mars/Olympus", "_ingest_issues": "[]",
+    }  # fmt: skip
+    added = sim.bizstim.add({"id": "900100", **odd})
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert "1 new" in result.stdout
+    columns = {
+        name
+        for (name,) in env.query(
+            "select column_name from information_schema.columns "
+            "where table_schema = 'bizstim' and table_name = 'sessions'"
+        )
+    }
+    kept = {
+        "session_date_from_vendor", "session_date_from_vendor_2", "_dlt_id_from_vendor",
+        "_vanished_from_vendor", "timezone_from_vendor", "_ingest_issues_from_vendor",
+    }  # fmt: skip
+    assert kept <= columns
+    row = env.query(
+        "select session_date, timezone, _ingest_issues, "
+        + ", ".join(sorted(kept))
+        + f" from bizstim.sessions where id = '{added}' and _dlt_valid_to is null"
+    )
+    upstream = next(r for r in sim.bizstim.rows() if r["id"] == added)
+    zone = env.query("select any_value(timezone) from bizstim.sessions where id <> ?", [added])
+    assert row == [
+        (upstream["session_date"], zone[0][0], None,
+         "abc", "[]", "0", "2030-01-01", "2030-01-02", "Mars/Olympus"),
+    ]  # fmt: skip
+    count = "select count(*) from analytics.sessions where session_id = ?"
+    assert env.query(count, [int(added)]) == [(1,)]

@@ -109,3 +109,8 @@ def test_transform_refuses_the_serving_file(env: Env, first_run) -> None:
             "select count(*) from information_schema.schemata where schema_name = 'analytics_state'"
         ).fetchall() == [(0,)]
     assert before[0][0] > 0
+    # a warehouse of the release before the build state (`analytics_state`) is still one
+    with duckdb.connect(str(env.database)) as con:
+        con.execute("drop schema analytics_state cascade")
+    upgraded = env.run("transform")
+    assert upgraded.code == 0, upgraded.stderr
