@@ -10,10 +10,12 @@ logs because TimeTap's token call carries its key in the query string.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
 import random
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -373,11 +375,36 @@ def parse_json(body: bytes) -> JsonResponse:
         pass
     # orjson refuses invalid UTF-8 outright; a body that parses once bytes are replaced is
     # kept (the values carry U+FFFD and the source reports them) rather than failing the run
+    text = body.decode("utf-8", errors="replace")
     try:
-        text = body.decode("utf-8", errors="replace")
         return JsonResponse(orjson.loads(text), replaced_utf8="\ufffd" in text)
     except orjson.JSONDecodeError:
+        pass
+    # a lone surrogate escape (`\ud83d`: half an emoji, cut off) is JSON's syntax but no text,
+    # and orjson refuses the whole body: one such note failed the account every night. Read
+    # here, it becomes U+FFFD and is reported as the invalid bytes above are
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:
         raise BadBody("a body that is not complete JSON") from None
+    return JsonResponse(_without_lone_surrogates(data), replaced_utf8=True)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: orjson refuses them too
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

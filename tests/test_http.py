@@ -92,6 +92,19 @@ def test_a_body_with_a_byte_order_mark_is_json() -> None:
     assert parse_json(b'\xef\xbb\xbf{"a": 1}') == JsonResponse({"a": 1})
 
 
+def test_a_lone_surrogate_escape_is_replaced_not_a_broken_body() -> None:
+    """`\\ud83d` (half an emoji, cut off) is JSON syntax orjson refuses: one such note failed
+    the whole account every night. A whole pair stays the character it makes."""
+    body = b'{"response": [{"note": "cut \\ud83d off", "whole": "\\ud83d\\ude00", "\\udc00": 1}]}'
+    assert parse_json(body) == JsonResponse(
+        {"response": [{"note": "cut \ufffd off", "whole": "\U0001f600", "\ufffd": 1}]},
+        replaced_utf8=True,
+    )
+    for broken in (b'{"a": NaN}', b'{"a": "\\ud83d"'):
+        with pytest.raises(BadBody, match="not complete JSON"):
+            parse_json(broken)
+
+
 def test_delays_are_jittered_within_their_bound() -> None:
     policy = RetryPolicy(backoff_base=0.5, backoff_cap=30.0)
     delays = [policy.delay(2) for _ in range(200)]
