@@ -188,3 +188,28 @@ def test_a_decode_worker_that_dies_leaves_the_sweep_complete(
     assert sweep.problems == []
     assert sweep._pool_broken
     assert ids == [str(n) for n in range(1, len(rows) + 1)]
+
+
+def test_vanished_sessions_are_looked_up_in_a_new_order_every_run() -> None:
+    """In the warehouse's order the same ids came first every night: with more vanished than
+    `max_confirmations` that kept answering, a deleted session behind them stayed current."""
+    from practice_sync.bizstim import helpers
+
+    asked: list[str] = []
+
+    class Client:
+        def map_ordered(self, fn, items, threads=None):  # noqa: ANN001, ANN201
+            return map(fn, items)
+
+        def get_json(self, path: str, check: object = None) -> object:
+            asked.append(path)
+            session = listed(path.rsplit("/", 1)[1])
+            return type("Answer", (), {"data": {"response": session}})()
+
+    first = set()
+    for _ in range(40):
+        asked.clear()
+        list(helpers.confirm_vanished(Client(), pa.array(["1", "2", "3"]), 1))  # type: ignore[arg-type]
+        assert len(asked) == 1
+        first.add(asked[0])
+    assert first == {"/session/1", "/session/2", "/session/3"}

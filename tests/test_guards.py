@@ -243,3 +243,21 @@ def test_a_withheld_mass_deletion_says_how_many_were_confirmed_gone(
     assert result.code == 3
     assert "300 vanished (the API confirmed 100 of them gone)" in result.stderr
     assert len(current_ids(env)) == len(rows)
+
+
+def test_allow_deletions_looks_up_every_vanished_session(
+    sim: Simulator, env: Env, first_run
+) -> None:
+    """With the per-run bound, `--allow-deletions` retired 5 of 150 deleted sessions, and the
+    next nights withheld the rest again (exit 3) until a person confirmed once more."""
+    env.vars["SOURCES__BIZSTIM__MAX_CONFIRMATIONS"] = "5"
+    assert first_run("run", "--source", "bizstim").code == 0
+    gone = {r["id"] for r in sim.bizstim.rows()[:150]}
+    for session_id in gone:
+        sim.bizstim.delete(session_id)
+    assert env.run("run", "--source", "bizstim").code == 3
+    confirmed = env.run("run", "--source", "bizstim", "--allow-deletions")
+    assert confirmed.code == 0, confirmed.stderr
+    assert "150 retired" in confirmed.stdout
+    assert gone & current_ids(env) == set()
+    assert env.run("run", "--source", "bizstim").code == 0

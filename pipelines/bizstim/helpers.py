@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import random
 import signal
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -287,6 +288,9 @@ def confirm_vanished(
     """Look up each vanished session (at most `limit`), `concurrency` at a time; yield those that
     still answer (a listing glitch dropped them) and return the ids Bizstim confirmed gone."""
     ids = vanished.to_pylist()
+    # in a new order every run: in the warehouse's order the same ids came first every night,
+    # and while those kept answering, a deleted session behind them stayed current for ever
+    random.shuffle(ids)
     todo, later = ids[:limit], len(ids) - min(len(ids), limit)
     run = context.current("bizstim")
     if later:
