@@ -349,7 +349,8 @@ def _compare(con: duckdb.DuckDBPyConnection, family: Family) -> str | None:
         f"(select count(*) from {family.temp('removed')}), "
         f"(select count(*) from {snapshot} where not clean), "
         f"(select count(*) from {family.temp('changed')} g anti join {rows} c "
-        "on c.account = g.account and c.record = g.record)"
+        # a new record without an id (NULL) is no vanished one: `incremental_if` names it below
+        "on c.account = g.account and c.record is not distinct from g.record)"
     ).fetchall()[0]
     if saved - removed + added != total:  # a row listed twice came or went (hashes are equal)
         return "raw rows were copied or removed"
@@ -400,6 +401,23 @@ def limit_raw(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
         f'create or replace temp table {rows} as select * from "all_{family.view}" where {among}'
     )
     con.execute(f'create or replace temp view "{family.view}" as select * from {rows}')
+
+
+def check_keys(con: duckdb.DuckDBPyConnection, family: Family) -> None:
+    """`IncrementalError` for a mart whose `-- incremental_key:` names a column the family's
+    root does not have: found once the root is built, on a full build too. A typo passed the
+    first (full) night and then failed every night after, naming another file."""
+    have = {
+        str(row[0]).lower()
+        for row in con.execute(f'select column_name from (describe "{family.root}")').fetchall()
+    }
+    for mart, columns in family.keys.items():
+        missing = [column for column in columns if column.lower() not in have]
+        if missing:
+            raise IncrementalError(
+                f"transform {mart}: its `-- incremental_key:` names {', '.join(missing)}, "
+                f"which {family.root} does not have"
+            )
 
 
 def make_keys(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:

@@ -311,11 +311,23 @@ def _run_file(
                 query, decision, transform.name, partial, transform.is_setup
             )
             for part in parts:
-                con.execute(part)
+                try:
+                    con.execute(part)
+                except duckdb.CatalogException as error:
+                    if parts == [query]:
+                        raise
+                    # a table an update rewrites in place is gone (dropped by hand): built in
+                    # full instead, where every night failed without saying how to recover
+                    raise incremental.Restart(
+                        f"{transform.label} found a table missing: "
+                        f"{str(error).splitlines()[0][:200]}"
+                    ) from error
             match = _BUILDS.match(query)
             if match and match.group(1) not in built:
                 built.append(match.group(1))
                 failpoint("mid-transform")
+        if decision is not None and transform.name == decision.family.root:
+            incremental.check_keys(con, decision.family)
     except duckdb.Error as error:
         error.add_note(f"while running transform {transform.label}")
         raise

@@ -333,12 +333,19 @@ def test_relationship_findings_follow_the_changed_keys_and_equal_a_full_rebuild(
             "incremental_by: Record",
             "cannot name a column called 'Record'",
         ),
+        (
+            "marts/session_history.sql",
+            "-- incremental_key: session_id\n",
+            "-- incremental_key: sesion_id\n",
+            "session_history: its `-- incremental_key:` names sesion_id, which stg_bizstim__",
+        ),
     ],
     ids=[
         "a model reading the clock",
         "a mart without a key",
         "a record column named like the state",
         "the same name capitalised",
+        "a key column the root does not have",
     ],
 )
 def test_a_family_the_incremental_build_cannot_keep_exact_is_refused(
@@ -727,3 +734,27 @@ def test_a_kill_during_an_incremental_night_is_made_exact_by_the_next_run(
         assert result.code == 0, result.stderr
         assert "analytics build: incremental (bizstim.sessions:" in result.stdout
         equals_full_rebuild_and_upstream(env, sim, tmp_path / "copy")
+
+
+def test_an_analytics_table_dropped_by_hand_makes_the_night_build_in_full(con) -> None:
+    """An update deletes and inserts the changed keys' rows in place: with the table gone,
+    every night failed (exit 7) naming another file, and only `--full-rebuild` recovered."""
+    con.execute("drop table analytics.session_cancellations")
+    a_night(con)
+    build = build_analytics(con)
+    assert build.summary.startswith(
+        "full (bizstim.sessions: marts/session_cancellations.sql found a table missing: Catalog"
+    ), build.summary
+    assert not any(d.incremental for d in build.decisions)
+    assert sorted((r[0], r[2]) for r in tables(con)["session_cancellations"]) == [(5, 7), (6, 1)]
+    equals_full_rebuild(con, build)
+    assert build_analytics(con).summary == "incremental (bizstim.sessions: 0 records changed)"
+
+
+def test_a_new_session_without_an_id_is_not_said_to_have_vanished(con) -> None:
+    sessions(con, {"id": None, "_dlt_id": "no-id-1", "_dlt_load_id": "2"})
+    build = build_analytics(con)
+    assert build.summary == (
+        "full (bizstim.sessions: 1 new raw rows of bizstim.sessions fail incremental_if)"
+    ), build.summary
+    equals_full_rebuild(con, build)
