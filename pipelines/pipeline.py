@@ -231,9 +231,20 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
 def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
     codes: list[ExitCode] = []
     loads = configured_loads(job)
-    for source in dict.fromkeys(load.spec.name for load in loads):
-        mine = [load for load in loads if load.spec.name == source]
-        codes += _load_accounts(mine, job, report)
+    try:
+        for source in dict.fromkeys(load.spec.name for load in loads):
+            mine = [load for load in loads if load.spec.name == source]
+            codes += _load_accounts(mine, job, report)
+    except interrupt.Interrupted:
+        # the sources a stop request kept from starting get their row in the history too
+        # (interrupted, or skipped as a run would have): `status` showed their last ok
+        started = {source.name for source in report.sources}
+        report.sources += [
+            SourceReport(load.label, account=load.account, skipped=load.skipped)
+            for load in loads
+            if load.label not in started
+        ]
+        raise
     try:
         _check_no_refresh_in_flight(job.pipelines_dir)
         _transform_into(job.database, report, "--full-refresh" if job.full_refresh else None)

@@ -93,6 +93,7 @@ def test_run_history_records_ok_failed_and_interrupted_runs(
         ("analytics", "ok", 0), ("bizstim", "ok", 0), ("timetap", "ok", 0),
         ("analytics", "ok", 0), ("bizstim", "failed", 5), ("timetap", "ok", 0),
         ("analytics", "interrupted", 143), ("bizstim", "interrupted", 143),
+        ("timetap", "interrupted", 143),  # never started: it had no row, and status said ok
     ]  # fmt: skip
     assert rows[1][3:5] == (True, sessions) and rows[2][4] == packages + sold
     assert rows[4][5].startswith("Bizstim rejected the credentials")
