@@ -55,6 +55,8 @@ class RunContext:
     show_progress: bool = False
     read_current: CurrentReader = field(default=_nothing_loaded)
     read_versions: VersionReader = field(default=_no_versions)
+    # session ids a sweep of this run found listed twice: the next sweep loads each once
+    listed_twice: set[str] = field(default_factory=set)
     _versions: dict[tuple[str, str, str], CurrentVersions] = field(default_factory=dict, repr=False)
 
     def current(

@@ -460,6 +460,14 @@ def all_distinct(ids: pa.Array | pa.ChunkedArray) -> bool:
     return not bool((numbers[1:] == numbers[:-1]).any())
 
 
+def repeated(ids: pa.Array | pa.ChunkedArray) -> list[str]:
+    """The non-null ids that appear more than once, as text (`all_distinct` was False)."""
+    flat = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    counts = pc.value_counts(flat.cast(pa.string()))
+    many = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return sorted(value for value in many.to_pylist() if value is not None)
+
+
 def is_in(values: pa.Array, value_set: pa.Array) -> pa.Array:
     """`pc.is_in` for two arrays of ids without nulls in `values`; numeric when both are
     canonical integers (see `canonical_ints`), nothing at all to compare when `values` is empty

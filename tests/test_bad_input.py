@@ -136,3 +136,35 @@ def test_vendor_fields_named_like_the_pipelines_columns_load_under_their_own_nam
     ]  # fmt: skip
     count = "select count(*) from analytics.sessions where session_id = ?"
     assert env.query(count, [int(added)]) == [(1,)]
+
+
+def test_a_session_listed_twice_loads_once_and_the_night_goes_on(
+    sim: Simulator, env: Env, first_run, monkeypatch
+) -> None:
+    """Nothing moving, one session listed twice: every read saw the repeat, so the account
+    failed every night (exit 4, "changed while they were being read") and no edit loaded."""
+    import json
+
+    assert first_run("run", "--source", "bizstim").code == 0
+    edited = sim.bizstim.rows()[40]["id"]
+    sim.bizstim.edit(edited, session_status="1")
+    rows = sim.bizstim.rows()
+    listing = rows[:11] + [rows[10]] + rows[11:]
+    real = sim.bizstim._page
+
+    def page(start: int, limit: int) -> bytes:
+        body = json.loads(real(start, limit))
+        body.update(total=len(listing), response=listing[start : start + limit])
+        return json.dumps(body).encode()
+
+    monkeypatch.setattr(sim.bizstim, "_page", page)
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert f"1 session ids were listed twice by Bizstim in two reads of the listing ({rows[10]['id']})" in result.stdout
+    assert "1 changed" in result.stdout
+    status = "select session_status from bizstim.sessions where id = ? and _dlt_valid_to is null"
+    assert env.query(status, [edited]) == [("1",)]
+    assert env.query(
+        "select count(*) from bizstim.sessions where id = ? and _dlt_valid_to is null",
+        [rows[10]["id"]],
+    ) == [(1,)]

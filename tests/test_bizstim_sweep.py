@@ -213,3 +213,19 @@ def test_vanished_sessions_are_looked_up_in_a_new_order_every_run() -> None:
         assert len(asked) == 1
         first.add(asked[0])
     assert first == {"/session/1", "/session/2", "/session/3"}
+
+
+def test_an_id_listed_twice_again_in_a_second_read_loads_once() -> None:
+    """A listing with one session twice (a vendor's join) and nothing moving: every read saw
+    the repeat, and the account failed every night (exit 4), blaming rows that moved."""
+    rows = [listed(str(n)) for n in (1, 2, 3, 4, 5, 3, 6)]
+    pages = {0: rows[0:3], 2: rows[2:5], 4: rows[4:7], 6: rows[6:7]}
+    first = Sweep(Listing(pages, 7), page_size=3, parse_processes=0)  # type: ignore[arg-type]
+    list(first.pages())
+    assert first.problems == ["a session id appeared twice in one sweep"]
+    assert first.twice == ["3"]
+    again = Sweep(Listing(pages, 7), page_size=3, parse_processes=0, known_twice=frozenset({"3"}))  # type: ignore[arg-type]
+    read = [row_id for table in again.pages() for row_id in table["id"].to_pylist()]
+    assert again.problems == []
+    assert read == ["1", "2", "3", "4", "5", "6"] == again.ids().to_pylist()
+    assert again.left_out_twice == {"3"}

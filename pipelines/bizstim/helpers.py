@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from practice_sync import context, guard, page_worker
 from practice_sync.errors import NotFound, SourceUnavailable, SweepInconsistent, find_cause
@@ -67,8 +68,9 @@ def read_sweep(
     run = context.current("bizstim")
     run.report.sweeps += 1
     sweep = Sweep(
-        client, page_size, parse_processes=parse_processes, policy=policy, prefilter=prefilter
-    )
+        client, page_size, parse_processes=parse_processes, policy=policy, prefilter=prefilter,
+        known_twice=frozenset(run.listed_twice),
+    )  # fmt: skip
     total = sweep.first_page().total
     progress = Progress("Bizstim sessions", total) if run.show_progress else None
     try:
@@ -81,7 +83,14 @@ def read_sweep(
         log.debug(
             "%d pages came back from the workers without their current rows", sweep.prefiltered
         )
+    run.listed_twice.update(sweep.twice)
     sweep.raise_if_inconsistent()
+    if sweep.left_out_twice:
+        shown = ", ".join(sorted(sweep.left_out_twice)[:5])
+        run.report.notes.append(
+            f"{len(sweep.left_out_twice):,} session ids were listed twice by Bizstim in two "
+            f"reads of the listing ({shown}); each was loaded once, from its first place"
+        )
     return sweep.ids()
 
 
@@ -116,6 +125,12 @@ class Sweep:
     _pool_ready: threading.Event = field(default_factory=threading.Event)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock)
     _pool_broken: bool = False
+    # ids an earlier sweep of the run found listed twice (`run.listed_twice`): a second read
+    # finding them again is the vendor's listing, not rows moving, and keeps their first copy
+    known_twice: frozenset[str] = frozenset()
+    twice: list[str] = field(default_factory=list)  # ids this sweep found listed twice
+    left_out_twice: set[str] = field(default_factory=set)  # known ids of which a copy was left out
+    _first_copies: dict[str, set[str]] = field(default_factory=dict)
 
     def fetch(self, start: int) -> Page:
         path = f"/sessions/{start}/{self.page_size}"
@@ -254,6 +269,8 @@ class Sweep:
         else:
             table = page.table.slice(1) if skip_first and page.table.num_rows else page.table
             ids = table["id"].combine_chunks()
+        if self.known_twice:
+            table, ids = self._once(table, "rows"), self._once_ids(ids)
         # ids are kept as Arrow (a few MB per million rows), checked for repeats at the end
         self.id_chunks.append(ids)
         self.rows += len(ids)
@@ -262,12 +279,37 @@ class Sweep:
         if table.num_rows:
             yield table
 
+    def _once(self, table: pa.Table, kind: str) -> pa.Table:
+        """`table` without the later copies of an id known to be listed twice."""
+        keep = self._first_copy_mask(table["id"].combine_chunks(), kind)
+        return table if keep is None else table.filter(keep)
+
+    def _once_ids(self, ids: pa.Array) -> pa.Array:
+        keep = self._first_copy_mask(ids, "ids")
+        return ids if keep is None else ids.filter(keep)
+
+    def _first_copy_mask(self, ids: pa.Array, kind: str) -> pa.Array | None:
+        twice = pa.array(sorted(self.known_twice), pa.string())
+        hits = pc.is_in(ids.cast(pa.string()), value_set=twice)
+        if not pc.any(hits).as_py():
+            return None
+        seen = self._first_copies.setdefault(kind, set())
+        keep = [True] * len(ids)
+        for index in pc.indices_nonzero(hits).to_pylist():
+            value = ids[index].as_py()
+            if value in seen:
+                keep[index] = False
+                self.left_out_twice.add(value)
+            seen.add(value)
+        return pa.array(keep)
+
     def ids(self) -> pa.ChunkedArray:
         """The id of every row read (NULL where a row had none)."""
         return pa.chunked_array(self.id_chunks, type=pa.string())
 
     def _check_unique_ids(self) -> None:
         if not guard.all_distinct(self.ids()):
+            self.twice = guard.repeated(self.ids())
             self.problems.append("a session id appeared twice in one sweep")
 
     def raise_if_inconsistent(self) -> None:
