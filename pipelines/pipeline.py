@@ -434,7 +434,25 @@ def check_outputs(database: Path) -> None:
     the destination's credentials, or exit 2 after the loads."""
     serve.serve_path(database)
     publish.target_schema()
-    publish.destinations()
+    for name in publish.destinations():
+        _check_credentials(name)
+
+
+def _check_credentials(name: str) -> None:
+    """A publish destination without credentials is a missing setting (exit 2), found before
+    the night's loads; anything else about it is found when publishing (exit 10)."""
+    from dlt.common.destination import Destination
+
+    try:
+        Destination.from_reference(name).configuration(None)
+    except dlt_glue.ConfigFieldMissingException as exc:
+        if "credentials" in exc.fields:
+            raise ConfigError(
+                f"{publish.SETTING} names {name}, which has no credentials: set "
+                f"{publish.credentials_setting(name)}."
+            ) from None
+    except Exception:  # noqa: BLE001 - dlt's own checks of the rest run when publishing
+        return
 
 
 def _worst(codes: Sequence[ExitCode]) -> ExitCode:

@@ -219,6 +219,7 @@ def test_a_failed_load_job_is_named_by_its_cause() -> None:
         ("PRACTICE_SYNC__PUBLISH_SCHEMA", "Reporting", "PRACTICE_SYNC__PUBLISH_SCHEMA"),
         ("PRACTICE_SYNC__SERVE_PATH", "warehouse.duckdb", "must not be the warehouse file itself"),
         ("PRACTICE_SYNC__PUBLISH", '["no_such_destination"]', "not a dlt destination"),
+        ("PRACTICE_SYNC__PUBLISH", '["postgres"]', "DESTINATION__POSTGRES__CREDENTIALS"),
     ],
 )
 def test_an_output_setting_that_cannot_work_is_refused_before_anything_loads(
