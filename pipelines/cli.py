@@ -326,13 +326,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command() -> str:
+    """How to run practice-sync again from here: `.venv/bin/practice-sync` in a clone, the bare
+    name where it was installed elsewhere (pipx, a system package), which has no `.venv`."""
+    exe = Path(sys.argv[0])
+    if exe.name == "practice-sync" and exe.resolve().is_relative_to(Path.cwd()):
+        return os.path.relpath(exe)
+    return "practice-sync"
+
+
 def _print_next_steps(database: Path, serving: Path, report: RunReport) -> None:
     print(f"\nWarehouse: {database}")
     print(f"Serving file for analysts and BI tools (read-only): {serving}")
     print("Tables: " + ", ".join(f"analytics.{name}" for name in sorted(report.analytics)))
     print("\nA query to try (or open the serving file with any DuckDB client):")
     shown = os.path.relpath(serving) if serving.is_relative_to(Path.cwd()) else serving
-    print(f'  .venv/bin/practice-sync sql --database {shown} "{DEMO_QUERY}"\n')
+    print(f'  {_command()} sql --database {shown} "{DEMO_QUERY}"\n')
     _sql(serving, DEMO_QUERY)
 
 

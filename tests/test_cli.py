@@ -81,6 +81,8 @@ def test_the_demo_leaves_a_projects_serving_file_and_destinations_alone(tmp_path
     assert production.read_bytes() == b"the dashboards' file"
     assert "postgres" not in proc.stdout + proc.stderr
     assert (tmp_path / "demo" / "practice_sync_demo_analytics.duckdb").exists()
+    # not run from a clone's .venv: the next step names the command, not a path that is not there
+    assert "\n  practice-sync sql --database" in proc.stdout and ".venv/bin" not in proc.stdout
 
 
 def test_an_empty_query_is_not_an_error(env: Env, first_run) -> None:
