@@ -443,8 +443,11 @@ def _check_credentials(name: str) -> None:
     the night's loads; anything else about it is found when publishing (exit 10)."""
     from dlt.common.destination import Destination
 
+    destination = Destination.from_reference(name)
+    if destination is None:
+        return
     try:
-        Destination.from_reference(name).configuration(None)
+        destination.configuration(None)  # type: ignore[arg-type]  # None: from the settings
     except dlt_glue.ConfigFieldMissingException as exc:
         if "credentials" in exc.fields:
             raise ConfigError(

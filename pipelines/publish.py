@@ -21,11 +21,13 @@ is sent whole. Destinations without transactional DDL get dlt's `replace` instea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ ROW_KEY = "_dlt_id"  # the published tables' row identity, named as in every tab
 TRANSACTIONAL = ("postgres",)  # destinations the one-transaction apply is written (and tested) for
 BATCH_ROWS = 100_000
 TEXT_MARK = "."
+MAX_NAME = 63  # PostgreSQL's longest name, in bytes (a longer one is cut, and no longer matches)
 log = logging.getLogger("practice-sync")
 
 # DuckDB type -> PostgreSQL type; any other type is sent as text
@@ -61,7 +64,7 @@ PG_TYPES = {
     "VARCHAR": "text",
     "JSON": "json",  # kept as written (jsonb would reorder keys)
     "DATE": "date",
-    "TIME": "time",
+    "TIME": "time without time zone",  # as the server names it: a kept table's type matches
     "TIMESTAMP": "timestamp without time zone",
     "TIMESTAMP WITH TIME ZONE": "timestamp with time zone",
     "DOUBLE": "double precision",
@@ -72,6 +75,10 @@ PG_TYPES = {
     "UBIGINT": "numeric(20,0)",
     "UINTEGER": "bigint",
 }
+
+
+class NameTooLong(ConfigError):
+    """A table or column name PostgreSQL cannot hold; its message is the whole sentence."""
 
 
 @dataclass
@@ -268,18 +275,42 @@ def _publish_one(
 
 
 def failure_sentence(name: str, exc: BaseException) -> str:
-    """One sentence naming the destination's setting; never a password (from a URL or a
-    libpq connection string the driver quoted), since it lands in logs and the run history."""
+    """One sentence; never a password (from a URL or a libpq connection string the driver
+    quoted), since it lands in logs and the run history. Only a failure to connect or log in
+    points at the destination's credentials setting; any other error is named by its own first
+    line (a view depending on a dropped column, a permission, a full disk)."""
     cause = _root(exc)
-    text = str(cause).strip()
-    text = mask_secrets(text.splitlines()[0])[:200] if text else type(cause).__name__
+    if isinstance(cause, NameTooLong):
+        return str(cause)
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    text = mask_secrets(first)[:200] if first else type(cause).__name__
     if dlt_glue.missing_setting(cause) is not None:
         text = "it has no credentials"
+    elif not _connecting(cause, first):
+        return (
+            f"The analytics tables were rebuilt but could not be published to {name} ({text}); "
+            "the server keeps its last complete state, and the next run tries again."
+        )
     return (
         f"The analytics tables were rebuilt but could not be published to {name} ({text}); "
         f"the server keeps its last complete state and the next run catches it up: check "
         f"{credentials_setting(name)}."
     )
+
+
+def _connecting(cause: BaseException, first: str) -> bool:
+    """Whether `cause` is a failure to reach the server or log in (or quotes the connection
+    string): what the credentials setting decides. An error the server raised on a statement
+    carries its SQLSTATE; only its connection (08), login (28) and database (3D) classes count."""
+    if mask_secrets(first) != first:
+        return True
+    code = getattr(cause, "pgcode", None)
+    if code:
+        return str(code)[:2] in ("08", "28", "3D")
+    if isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    # libpq's failures to connect (refused, unknown host or role, bad password) carry no code
+    return type(cause).__name__ in ("OperationalError", "InterfaceError")
 
 
 def mask_secrets(text: str) -> str:
@@ -309,6 +340,7 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> Sen
     pipelines_dir = database.parent / ".practice_sync" / database.stem
     if name not in TRANSACTIONAL:
         return _replace(con, name, tables, schema, pipelines_dir)
+    _check_names(name, tables)
     staging_schema = f"{schema}_publish"
     staging = dlt.pipeline(
         pipeline_name=f"practice_sync_publish_{name}",
@@ -317,11 +349,11 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> Sen
         dataset_name=staging_schema,
     )
     _ensure_state(con)
-    with staging.sql_client() as client:
-        on_server = _server_version(client, staging_schema)
-        present = _server_tables(client, schema)
     plans: list[Plan] = []
     try:
+        with staging.sql_client() as client:
+            on_server = _server_version(client, staging_schema)
+            present = _server_tables(client, schema)
         whole = on_server is None or on_server != _state_version(con, name)
         plans = _plan(con, name, tables, whole, present)
         interrupt.check()
@@ -338,6 +370,7 @@ def publish_to(con: duckdb.DuckDBPyConnection, name: str, database: Path) -> Sen
         for plan in plans:
             for temp in plan.temp_tables:
                 con.execute(f"drop table if exists {temp}")
+        _clear_packages(staging)
     added = sum(p.added for p in plans)
     removed = sum(p.removed for p in plans)
     return Sent(schema, added, removed, sum(p.rows for p in plans))
@@ -470,12 +503,15 @@ def _resources(con: duckdb.DuckDBPyConnection, plans: Sequence[Plan], folder: Pa
         table = plan.table
         if plan.added:
             chosen = plan.keys if plan.whole else f"({plan.new_keys})"
-            columns = ", ".join(_as_sent(column, kind) for column, kind, _ in table.columns)
+            names = ["row_key", *_staged_names(table)]
+            columns = ", ".join(
+                _as_sent(column, kind, alias=alias)
+                for (column, kind, _), alias in zip(table.columns, names[1:], strict=True)
+            )
             sql = (
                 f'select k.row_key, {columns} from {SOURCE_SCHEMA}."{table.name}" t '
                 f"join {chosen} k on t.rowid = k.rid"
             )
-            names = ["row_key", *(column for column, _, _ in table.columns)]
             queries.append((table.staged, sql, names))
         if plan.removed:
             queries.append((f"{table.name}__gone", plan.gone_keys, ["row_key"]))
@@ -497,7 +533,7 @@ def _stage(
     con: duckdb.DuckDBPyConnection, staging: dlt.Pipeline, plans: Sequence[Plan], folder: Path
 ) -> None:
     """Load the night's rows and deleted keys into the staging schema with dlt."""
-    staging.abort_packages()  # a failed night's files: tonight's plan replaces them
+    _clear_packages(staging)  # a killed night's files: tonight's plan replaces them
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     # instants written in UTC: in a local zone DuckDB writes an offset like -04:56:02 (New
@@ -511,25 +547,68 @@ def _stage(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _clear_packages(staging: dlt.Pipeline) -> None:
+    """Delete the staging pipeline's load packages, pending, failed and loaded alike: each holds
+    a csv copy of analytics rows, which must not outlive the night (a value a privacy policy
+    drops later would stay on disk). Nothing is retried from them: every night stages anew.
+    Its trace goes too (a server's error may quote a row's value)."""
+    working = Path(staging.working_dir)
+    for folder in ("normalize/extracted", "load/new", "load/normalized", "load/loaded"):
+        with contextlib.suppress(FileNotFoundError):
+            for package in (working / folder).iterdir():
+                shutil.rmtree(package, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (working / "trace.pickle").unlink()
+
+
+def _check_names(name: str, tables: Sequence[Table]) -> None:
+    """A name PostgreSQL would cut to 63 bytes cannot be published as it is: one sentence. A
+    table's staging table adds `__rows_<shape>` to its name, so its own limit is shorter."""
+    start = f"The analytics tables were rebuilt but could not be published to {name}:"
+    for table in tables:
+        if len(table.staged.encode()) > MAX_NAME:
+            raise NameTooLong(
+                f"{start} table {SOURCE_SCHEMA}.{table.name} has a name longer than "
+                f"{MAX_NAME - len(table.staged) + len(table.name)} characters (PostgreSQL's "
+                "limit, less the staging table's suffix), so rename it in the transform."
+            )
+        for column, _, _ in table.columns:
+            if len(column.encode()) > MAX_NAME:
+                raise NameTooLong(
+                    f'{start} {SOURCE_SCHEMA}.{table.name} column "{column}" has a name longer '
+                    f"than PostgreSQL's {MAX_NAME} characters, so rename it in the transform."
+                )
+
+
 def _as_text(kind: str) -> bool:
     """Columns that travel as text: VARCHAR, and types PostgreSQL has no match for."""
     return kind in ("VARCHAR", "JSON") or not (kind in PG_TYPES or kind.startswith("DECIMAL"))
 
 
-def _as_sent(column: str, kind: str, marked: bool = True) -> str:
+def _staged_names(table: Table) -> list[str]:
+    """The staged columns' names, by position (`c1`, `c2`, …): dlt's naming convention would
+    rename `Amount`, `totalUSD` or `a b`, and a column `row_key` would meet the key's."""
+    return [f"c{index}" for index in range(1, len(table.columns) + 1)]
+
+
+def _as_sent(column: str, kind: str, marked: bool = True, alias: str | None = None) -> str:
     """The column as sent. dlt's COPY reads an empty csv field as NULL (`FORCE_NULL`), so text
-    travels behind a one-character prefix that the server strips: '' stays '', NULL stays NULL."""
+    travels behind a one-character prefix that the server strips: '' stays '', NULL stays NULL.
+    PostgreSQL's text cannot hold U+0000: there it travels as U+FFFD, so the record publishes."""
+    alias = alias or column
+    if _as_text(kind) and marked:
+        value = f"replace(t.\"{column}\"::varchar, chr(0), '\ufffd')"
+        return f"'{TEXT_MARK}' || {value} as \"{alias}\""
     if _as_text(kind):
-        mark = f"'{TEXT_MARK}' || " if marked else ""
-        return f'{mark}t."{column}"::varchar as "{column}"'
-    return f't."{column}"'
+        return f't."{column}"::varchar as "{alias}"'
+    return f't."{column}" as "{alias}"'
 
 
-def _as_stored(column: str, kind: str) -> str:
+def _as_stored(staged: str, kind: str) -> str:
     """The staged column as the published table stores it."""
     if _as_text(kind):
-        return f'substr("{column}", 2)::{pg_type(kind)}'
-    return f'"{column}"::{pg_type(kind)}'
+        return f'substr("{staged}", 2)::{pg_type(kind)}'
+    return f'"{staged}"::{pg_type(kind)}'
 
 
 def _resource(
@@ -581,10 +660,7 @@ def _apply(
 def _apply_table(client: Any, schema: str, staging: str, plan: Plan) -> None:
     table = plan.table
     target = f'"{schema}"."{table.name}"'
-    if plan.whole:
-        columns = ", ".join(f'"{c}" {pg_type(k)}' for c, k, _ in table.columns)
-        client.execute_sql(f"drop table if exists {target}")
-        client.execute_sql(f'create table {target} ({columns}, "{ROW_KEY}" text not null)')
+    keyed = not plan.whole or _reset_table(client, schema, table)
     if plan.removed:
         client.execute_sql(
             f'delete from {target} where "{ROW_KEY}" in '
@@ -592,18 +668,64 @@ def _apply_table(client: Any, schema: str, staging: str, plan: Plan) -> None:
         )
     if plan.added:
         names = ", ".join(f'"{c}"' for c, _, _ in table.columns)
-        values = ", ".join(_as_stored(c, k) for c, k, _ in table.columns)
+        values = ", ".join(
+            _as_stored(staged, kind)
+            for (_, kind, _), staged in zip(table.columns, _staged_names(table), strict=True)
+        )
         conflict = "" if plan.whole else f' on conflict ("{ROW_KEY}") do nothing'
         client.execute_sql(
             f'insert into {target} ({names}, "{ROW_KEY}") select {values}, row_key '
             f'from "{staging}"."{table.staged}"{conflict}'
         )
-    if plan.whole:
+    if not keyed:
         client.execute_sql(f'alter table {target} add primary key ("{ROW_KEY}")')
     # applied: the staged copy need not take the server's disk until the next night
     for staged, needed in ((table.staged, plan.added), (f"{table.name}__gone", plan.removed)):
         if needed:
             client.execute_sql(f'truncate "{staging}"."{staged}"')
+
+
+def _reset_table(client: Any, schema: str, table: Table) -> bool:
+    """Make the table ready for every row: a table the server has is kept (views on it and
+    grants survive), emptied and its columns brought in line in place; else it is created.
+    A view on a column that goes fails the transaction with the server's own message. Returns
+    whether the table has its primary key (a new one gets it after the rows, faster)."""
+    target = f'"{schema}"."{table.name}"'
+    have = _server_columns(client, schema, table.name)
+    if not have:
+        columns = ", ".join(f'"{c}" {pg_type(k)}' for c, k, _ in table.columns)
+        client.execute_sql(f'create table {target} ({columns}, "{ROW_KEY}" text not null)')
+        return False
+    client.execute_sql(f"truncate table {target}")
+    want = {column: pg_type(kind) for column, kind, _ in table.columns}
+    want[ROW_KEY] = "text"
+    for column in have.keys() - want.keys():
+        client.execute_sql(f'alter table {target} drop column "{column}"')
+    for column, kind in want.items():
+        if column not in have:
+            client.execute_sql(f'alter table {target} add column "{column}" {kind}')
+        elif have[column] != kind:  # empty now: nothing to convert
+            client.execute_sql(
+                f'alter table {target} alter column "{column}" type {kind} using null'
+            )
+    client.execute_sql(f'alter table {target} alter column "{ROW_KEY}" set not null')
+    keys = client.execute_sql(
+        "select 1 from pg_constraint where conrelid = %s::regclass and contype = 'p'", target
+    )
+    return bool(keys)
+
+
+def _server_columns(client: Any, schema: str, table: str) -> dict[str, str]:
+    """The columns of a table the server has, with their types as it names them; {} if none."""
+    rows = client.execute_sql(
+        "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+        "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relname = %s and c.relkind in ('r', 'p') "
+        "and a.attnum > 0 and not a.attisdropped order by a.attnum",
+        schema,
+        table,
+    )
+    return {str(name): str(kind) for name, kind in rows or []}
 
 
 def _comment(client: Any, schema: str, table: Table) -> None:

@@ -15,21 +15,26 @@ is the one this warehouse last wrote (`analytics_state.served` holds its build, 
 and holds the build tonight's incremental build updated, only the rows that build rewrote are
 replaced in it (and the tables it rebuilt in full, and `ops`); when it already holds tonight's
 build, only `ops`. Anything else (a first night, a full rebuild, a failed or skipped publish, a
-file changed by someone else) writes every table anew. Either way readers get one rename.
+file changed by someone else, a privacy policy changed since: the old file's bytes may still
+hold values it now drops or hashes) writes every table anew. Either way readers get one rename,
+and the file keeps the permission bits and group an administrator gave it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from stat import S_IMODE
 
 import dlt
 import duckdb
 
-from practice_sync import incremental, warehouse
+from practice_sync import incremental, privacy, warehouse
 from practice_sync.errors import ConfigError, LoadFailed
 
 SETTING = "practice_sync.serve_path (PRACTICE_SYNC__SERVE_PATH)"
@@ -108,11 +113,14 @@ def _plan(build: tuple[str, str | None] | None, served: str | None) -> str:
 
 
 def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
-    """The build `target` holds, if this warehouse wrote it last and nothing changed it since."""
+    """The build `target` holds, if this warehouse wrote it last, nothing changed it since and
+    it was written under tonight's privacy policy (else its bytes may hold what it removed)."""
     if not warehouse.table_exists(con, incremental.STATE, "served"):
         return None
+    # a file marked before the policy was recorded with it: written in full once
+    kept = "privacy" if _has_privacy_column(con) else "'unknown'"
     row = con.execute(
-        f"select build_id, size, mtime_ns from {incremental.STATE}.served where path = ?",
+        f"select build_id, size, mtime_ns, {kept} from {incremental.STATE}.served where path = ?",
         [str(target)],
     ).fetchone()
     try:
@@ -120,6 +128,8 @@ def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
     except OSError:
         return None
     if row is None or (row[1], row[2]) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    if row[3] != _privacy(con):
         return None
     if _wal(target).exists():  # someone opened it for writing: their change is in its log
         return None
@@ -132,13 +142,37 @@ def _mark(con: duckdb.DuckDBPyConnection, target: Path, build: str | None) -> No
     con.execute(f"create schema if not exists {incremental.STATE}")
     con.execute(
         f"create table if not exists {incremental.STATE}.served "
-        "(path varchar, build_id varchar, size bigint, mtime_ns bigint)"
+        "(path varchar, build_id varchar, size bigint, mtime_ns bigint, privacy varchar)"
     )
+    con.execute(f"alter table {incremental.STATE}.served add column if not exists privacy varchar")
     con.execute(f"delete from {incremental.STATE}.served where path = ?", [str(target)])
     con.execute(
-        f"insert into {incremental.STATE}.served values (?, ?, ?, ?)",
-        [str(target), build, stat.st_size, stat.st_mtime_ns],
+        f"insert into {incremental.STATE}.served (path, build_id, size, mtime_ns, privacy) "
+        "values (?, ?, ?, ?, ?)",
+        [str(target), build, stat.st_size, stat.st_mtime_ns, _privacy(con)],
     )
+
+
+def _has_privacy_column(con: duckdb.DuckDBPyConnection) -> bool:
+    rows = con.execute(
+        "select 1 from duckdb_columns() where database_name = current_database() "
+        "and schema_name = ? and table_name = 'served' and column_name = 'privacy'",
+        [incremental.STATE],
+    ).fetchall()
+    return bool(rows)
+
+
+def _privacy(con: duckdb.DuckDBPyConnection) -> str:
+    """Every source's privacy policy as recorded with its stored history (`apply_to_history`
+    records each change, with when it was applied): a change makes the next file a full one."""
+    schema, table = privacy.RECORD.split(".")
+    if not warehouse.table_exists(con, schema, table):
+        return ""
+    rows = con.execute(
+        f"select dataset, policy, salt_check, applied_at::varchar from {privacy.RECORD} "
+        "order by dataset"
+    ).fetchall()
+    return json.dumps(rows)
 
 
 def _replace(
@@ -158,6 +192,7 @@ def _replace(
         if start is not None:
             shutil.copyfile(start, temporary)
         tables = _copy(con, temporary, schemas, updated or {})
+        _keep_access(target, temporary)
         os.replace(temporary, target)
     except BaseException:
         _remove(temporary)
@@ -167,6 +202,19 @@ def _replace(
     with contextlib.suppress(FileNotFoundError):
         _wal(target).unlink()
     return tables
+
+
+def _keep_access(target: Path, temporary: Path) -> None:
+    """Give the new file the old one's permission bits and group (an administrator's `chmod
+    640` and BI group), not the umask's default; a group this user may not set is left."""
+    try:
+        old = target.stat()
+    except FileNotFoundError:
+        return
+    if temporary.stat().st_gid != old.st_gid:
+        with contextlib.suppress(PermissionError):
+            os.chown(temporary, -1, old.st_gid)
+    os.chmod(temporary, S_IMODE(old.st_mode))  # after the group: a chown may clear set-group-id
 
 
 def _first_line(exc: BaseException) -> str:
@@ -249,7 +297,7 @@ def _literal(text: str) -> str:
 def _remove_left_over(target: Path) -> None:
     """Remove the copies in progress that runs killed while writing `target` left behind (one
     file the size of the serving file each), but not one whose process still runs."""
-    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         pid = leftover.name[len(target.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue

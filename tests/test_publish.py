@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import signal
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC
@@ -271,11 +272,13 @@ def test_an_interrupted_run_records_its_destination_as_interrupted(
             cut,
             ("timetap", "skipped", 0),
         ],
-        # stopped in Bizstim's load: TimeTap's turn never came
+        # stopped in Bizstim's load: TimeTap's turn never came (it is skipped, as a run
+        # without its credentials would have skipped it)
         "after-normalize": [
             ("analytics", "interrupted", 143),
             ("bizstim", "interrupted", 143),
             cut,
+            ("timetap", "skipped", 0),
         ],
     }
     for point, run in expected.items():
@@ -748,3 +751,166 @@ def test_a_destination_without_credentials_says_which_setting(
         "credentials); the server keeps its last complete state and the next run catches it up: "
         "check destination.postgres.credentials (DESTINATION__POSTGRES__CREDENTIALS)."
     ]
+
+
+# --- what the server and the disk are left with ------------------------------------------------
+
+
+def test_a_text_value_holding_nul_publishes_with_a_replacement_character(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: one note holding it stopped every night's publish
+    (whole and row by row); it arrives as U+FFFD, and the rest as it is."""
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        _seed(con)
+        con.execute("insert into analytics.notes values ('said:' || chr(0) || ' bye'), ('')")
+        _publish(con, path, pg_url, monkeypatch)
+        con.execute("insert into analytics.notes values (chr(0)), (null)")  # a night's change
+        report = _publish(con, path, pg_url, monkeypatch)
+        assert report.published["postgres"] == "analytics: 2 rows added, 0 removed"
+    notes = pg_query(pg_url, "select note from analytics.notes")
+    assert Counter(notes) == Counter([("said:\ufffd bye",), ("",), ("\ufffd",), (None,)])
+
+
+def _files_holding(folder: Path, value: str) -> list[Path]:
+    return [
+        path for path in folder.rglob("*") if path.is_file() and value.encode() in path.read_bytes()
+    ]
+
+
+def test_no_analytics_row_stays_on_disk_after_a_failed_or_a_good_publish(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dlt's load packages hold a csv copy of the rows sent; a failed one was kept for ever in
+    `failed_jobs/`, a good one in `completed_jobs/` (a value a privacy policy drops later would
+    have stayed there). The server refusing the apply, then refusing the load, then accepting."""
+    path = tmp_path / "w.duckdb"
+    folder = tmp_path / ".practice_sync"
+    with warehouse(path) as con:
+        _seed(con)
+        con.execute("insert into analytics.notes values ('ZZSECRET-0')")
+        _publish(con, path, pg_url, monkeypatch)
+        assert _files_holding(folder, "ZZSECRET") == []
+        # the apply refused: a view on a column tonight's transform removes
+        pg_query_exec(pg_url, "create view public.days as select day from analytics.visits")
+        con.execute("alter table analytics.visits drop column day")
+        con.execute("insert into analytics.notes values ('ZZSECRET-1')")
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+        assert report.publish_errors == [
+            "The analytics tables were rebuilt but could not be published to postgres (cannot "
+            "drop column day of table analytics.visits because other objects depend on it); the "
+            "server keeps its last complete state, and the next run tries again."
+        ]  # the server's own reason, not the credentials
+        assert _files_holding(folder, "ZZSECRET") == []
+        pg_query_exec(pg_url, "drop view public.days")
+        # the load refused: the staged table's column is not text on the server
+        (notes,) = [t for t in publish.read_tables(con) if t.name == "notes"]
+        pg_query_exec(
+            pg_url,
+            f'alter table analytics_publish."{notes.staged}" alter c1 type integer using null',
+        )
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+        assert _files_holding(folder, "ZZSECRET") == []
+        pg_query_exec(pg_url, f'alter table analytics_publish."{notes.staged}" alter c1 type text')
+        _publish(con, path, pg_url, monkeypatch)
+    assert _files_holding(folder, "ZZSECRET") == []
+    assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+
+
+def test_a_table_sent_whole_is_kept_so_views_and_grants_on_it_survive(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reshaped table used to be dropped and created again: a view on it made every night
+    fail, and a BI role's grant on it was lost without a word. Now it is emptied and its
+    columns brought in line in place (one added, one removed, one whose type changed)."""
+    path = tmp_path / "w.duckdb"
+    role = f"ps_bi_{uuid.uuid4().hex[:8]}"
+    pg_query_exec(pg_url, f"create role {role}")
+    try:
+        with warehouse(path) as con:
+            _seed(con)
+            _publish(con, path, pg_url, monkeypatch)
+            pg_query_exec(
+                pg_url,
+                "create view public.kinds as select kind, count(*) from analytics.visits group by 1;"
+                f"grant usage on schema analytics to {role};"
+                f"grant select on analytics.visits to {role}",
+            )
+            con.execute("alter table analytics.visits add column room varchar default 'A'")
+            con.execute("alter table analytics.visits drop column day")
+            con.execute("alter table analytics.visits alter column visit_id type integer")
+            report = _publish(con, path, pg_url, monkeypatch)
+            assert report.published["postgres"] == "analytics: 52 rows added, 0 removed"
+            may_read = f"select has_table_privilege('{role}', 'analytics.visits', 'select')"
+            assert pg_query(pg_url, may_read) == [(True,)]
+            assert pg_query(pg_url, "select sum(count) from public.kinds") == [(52,)]
+            keys = pg_query(
+                pg_url,
+                "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid "
+                "and a.attnum = any(i.indkey) where i.indrelid = 'analytics.visits'::regclass "
+                "and i.indisprimary",
+            )
+            assert keys == [("_dlt_id",)]
+            con.execute("update analytics.visits set room = 'B' where visit_id < 3")
+            report = _publish(con, path, pg_url, monkeypatch)
+            assert report.published["postgres"] == "analytics: 5 rows added, 5 removed"  # twins
+        assert_same(duckdb_analytics(str(path)), pg_analytics(pg_url))
+    finally:
+        pg_query_exec(pg_url, f"drop owned by {role}; drop role {role}")
+
+
+@pytest.mark.parametrize("name", ["Amount", "totalUSD", "a b", "row_key", "x__y", "Ünïcode"])
+def test_a_column_name_dlt_would_rename_publishes_as_it_is(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    path = tmp_path / "w.duckdb"
+    with warehouse(path) as con:
+        con.execute("create schema analytics")
+        con.execute(
+            f'create table analytics.visits as select range as "{name}", '
+            "range::varchar as label from range(3)"
+        )
+        _publish(con, path, pg_url, monkeypatch)
+        con.execute(f'delete from analytics.visits where "{name}" = 0')
+        report = _publish(con, path, pg_url, monkeypatch)
+        assert report.published["postgres"] == "analytics: 0 rows added, 1 removed"
+    assert pg_query(pg_url, f'select "{name}", label from analytics.visits order by 1') == [
+        (1, "1"),
+        (2, "2"),
+    ]
+
+
+def test_a_name_too_long_for_postgresql_is_one_sentence_naming_it(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL cuts a name at 63 bytes (the staging table's at 63 with its suffix): the
+    publish would fail with a message about a file or a missing relation."""
+    path = tmp_path / "w.duckdb"
+    long = "n" * 64
+    table = "t" * 49
+    monkeypatch.setenv("PRACTICE_SYNC__PUBLISH", '["postgres"]')
+    monkeypatch.setenv(SETTING, pg_url)
+    start = "The analytics tables were rebuilt but could not be published to postgres: "
+    with warehouse(path) as con:
+        con.execute("create schema analytics")
+        con.execute(f'create table analytics.visits as select 1 as "{long}"')
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+        assert report.publish_errors == [
+            f'{start}analytics.visits column "{long}" has a name longer than PostgreSQL\'s 63 '
+            "characters, so rename it in the transform."
+        ]
+        con.execute("drop table analytics.visits")
+        con.execute(f"create table analytics.{table} as select 1 as n")
+        report = RunReport(database=path)
+        assert publish.publish_all(con, path, report) == 10
+        assert report.publish_errors == [
+            f"{start}table analytics.{table} has a name longer than 48 characters (PostgreSQL's "
+            "limit, less the staging table's suffix), so rename it in the transform."
+        ]
+        con.execute(f"alter table analytics.{table} rename to {table[:48]}")
+        _publish(con, path, pg_url, monkeypatch)
+    assert pg_query(pg_url, f"select n from analytics.{table[:48]}") == [(1,)]
