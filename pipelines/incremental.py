@@ -231,11 +231,24 @@ def _family(
 def fingerprint(sql_texts: Iterable[tuple[str, str]], contract_dir: Path) -> str:
     """What the analytics tables are a function of besides the raw rows: a change means full."""
     digest = hashlib.sha256(f"{FORMAT}\0{duckdb.__version__}".encode())
+    for path in _code_files():
+        digest.update(f"\0{path.name}\0".encode() + path.read_bytes())
     for label, sql in sorted(sql_texts):
         digest.update(f"\0{label}\0{sql}".encode())
     for path in sorted(contract_dir.glob("*.yml")):
         digest.update(f"\0{path.name}\0".encode() + path.read_bytes())
     return digest.hexdigest()
+
+
+def _code_files() -> list[Path]:
+    """The code that writes analytics beside the SQL (the checks' findings, the comments, these
+    rewrites): an upgrade changing it builds in full once, rather than keeping the rows and
+    comments the old code wrote for every record that did not change."""
+    here = Path(__file__).parent
+    return [
+        here / name
+        for name in ("incremental.py", "transform.py", "contract.py", "contract_checks.py")
+    ]
 
 
 def _last(con: duckdb.DuckDBPyConnection, columns: str) -> tuple[object, ...] | None:

@@ -758,3 +758,21 @@ def test_a_new_session_without_an_id_is_not_said_to_have_vanished(con) -> None:
         "full (bizstim.sessions: 1 new raw rows of bizstim.sessions fail incremental_if)"
     ), build.summary
     equals_full_rebuild(con, build)
+
+
+def test_the_code_that_writes_analytics_is_part_of_the_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the SQL, the contract, DuckDB and FORMAT were: an upgrade changing a finding's wording
+    or a comment kept the old text on every record an incremental night did not touch."""
+    assert {p.name for p in incremental._code_files() if p.is_file()} == {
+        "incremental.py", "transform.py", "contract.py", "contract_checks.py",
+    }  # fmt: skip
+    code = tmp_path / "contract_checks.py"
+    code.write_text("problem = 'old wording'")
+    monkeypatch.setattr(incremental, "_code_files", lambda: [code])
+    marts = TRANSFORMS_DIR / "marts"
+    before = incremental.fingerprint([("a.sql", "select 1")], marts)
+    assert incremental.fingerprint([("a.sql", "select 1")], marts) == before
+    code.write_text("problem = 'new wording'")
+    assert incremental.fingerprint([("a.sql", "select 1")], marts) != before
