@@ -109,11 +109,14 @@ class DeletionGuard:
             vanished=candidates.filter(pc.invert(is_in(candidates, seen_ids))),
         )
 
-    def permit(self, review: Review, confirmed_gone: int | None = None) -> bool:
+    def permit(
+        self, review: Review, confirmed_gone: int | None = None, vanished: int | None = None
+    ) -> bool:
         """Whether the vanished records may be retired: always when few vanished or a person
-        confirmed (`--allow-deletions`); otherwise none are, and the run says so (exit 3)."""
+        confirmed (`--allow-deletions`); otherwise none are, and the run says so (exit 3).
+        `vanished`: how many to count, where the source looked each up first (TimeTap)."""
         run = context.current(self.source)
-        count = len(review.vanished)
+        count = len(review.vanished) if vanished is None else vanished
         if not count or run.allow_deletions or count <= self.max_share * review.held:
             return True
         confirmed = (

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from conftest import Env
+from conftest import Env, make_env
 
 from practice_sync.simulator import Fault, Simulator
 
@@ -261,3 +262,41 @@ def test_allow_deletions_looks_up_every_vanished_session(
     assert "150 retired" in confirmed.stdout
     assert gone & current_ids(env) == set()
     assert env.run("run", "--source", "bizstim").code == 0
+
+
+@pytest.mark.parametrize("spelled", ["False", "0"])
+def test_a_package_retired_or_unreadable_is_not_withheld_every_night(
+    tmp_path: Path, spelled: str
+) -> None:
+    """The guard read `active` as raw text, the transforms as `parse_bool`: a package stored
+    as 'False' was retired in analytics but live to the guard, and once off the listing it
+    was withheld (exit 3) every night, `--allow-deletions` or not. One with an unreadable
+    '0' that TimeTap still has is stored as it is, and withholds nothing either."""
+    with Simulator(packages=3, clients=10, edge_cases=False) as small:
+        env = make_env(small, tmp_path, bizstim=False)
+        package = small.timetap.active_packages()[0]["packageId"]
+        small.timetap.edit_package(package, active=spelled)  # a string: still listed
+        assert env.run("run").code == 0
+        small.timetap.edit_package(package, active=False if spelled == "False" else 0)
+        for _ in range(2):  # off the listing now; GET /package/{id} still has it
+            night = env.run("run")
+            assert night.code == 0, night.stderr
+        live = env.query("select count(*) from analytics.packages where package_id = ?", [package])
+        assert live == [(0 if spelled == "False" else 1,)]
+
+
+def test_a_vanished_package_is_looked_up_by_its_own_path() -> None:
+    """An id such as `A B` made a malformed URL (curl error 3), retried until the account
+    failed, every night once the package left the listing."""
+    from practice_sync.errors import NotFound
+    from practice_sync.timetap import helpers
+
+    asked: list[str] = []
+
+    class Api:
+        def get_response(self, path: str, check: object = None) -> object:
+            asked.append(path)
+            raise NotFound("gone", path)
+
+    assert helpers._vanished_package(Api(), "A B/1") is None  # type: ignore[arg-type]
+    assert asked == ["/package/A%20B%2F1"]

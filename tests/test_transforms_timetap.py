@@ -601,3 +601,78 @@ def test_both_sources_report_into_one_data_issues_table(con) -> None:
         ("timetap", "package", "501", "taxable", "nope", "not a boolean"),
         ("timetap", "package_sold", "7001", "status", "LOST", "unknown status"),
     ]
+
+
+def test_one_id_spelled_two_ways_is_one_package_and_one_package_sold(con) -> None:
+    """'501' and '0501' are two dlt records (ids are text) but one key: as two version groups
+    they were two current rows of package 501, and the key test failed every night's build
+    for every account and source. One record: the latest current version wins."""
+    later = {"_dlt_valid_from": LOAD_2, "_dlt_load_id": "2"}
+    packages(
+        con,
+        {"package_id": "501", "package_name": "Ten classes"},
+        {"package_id": "0501", "package_name": "Twelve classes", **later},
+    )
+    packages_sold(
+        con,
+        {"package_sold_id": "7001", "used_quantity": "1"},
+        {"package_sold_id": "07001", "used_quantity": "2", **later},
+    )
+    run_transforms(con)
+    assert rows(con, "select package_id, package_name from analytics.packages") == [
+        (501, "Twelve classes")
+    ]
+    assert rows(
+        con, "select version_number, package_name, is_current from analytics.package_history"
+    ) == [(1, "Ten classes", False), (2, "Twelve classes", True)]
+    assert rows(con, "select package_sold_id, used_quantity from analytics.packages_sold") == [
+        (7001, 2)
+    ]
+    assert issues(con) == []
+
+
+def test_a_client_object_repeating_a_key_is_reported_not_a_failed_build(con) -> None:
+    """Sent as a string, a client object may repeat a key: json_valid accepts it, the map cast
+    of timetap_clients refused it, and every account's build failed every night (exit 7)."""
+    twice = '{"clientId":3001,"firstName":"Ada","firstName":"Ada","lastName":"L"}'
+    packages_sold(con, {"client": twice}, {"package_sold_id": "7002", "client_id": "3002"})
+    run_transforms(con)
+    assert rows(con, "select package_sold_id, client_id from analytics.packages_sold") == [
+        (7001, 3001), (7002, 3002)
+    ]
+    assert rows(con, "select client_id, first_name from analytics.timetap_clients") == [
+        (3002, "Ada")
+    ]
+    assert issues(con) == [
+        ("timetap", "package_sold", "7001", "client", twice, "not a valid JSON object"),
+        ("timetap", "package_sold", "7001", "client_id", "3001",
+         "relationships test: not found in analytics.timetap_clients.client_id"),
+    ]  # fmt: skip
+
+
+def test_negative_quantities_and_empty_dates_are_reported(con) -> None:
+    """-3 used of 10 read as 13 left, and an empty purchase date as NULL, each without an issue;
+    an empty expiry date still means the package never expires."""
+    packages_sold(
+        con,
+        {"package_sold_id": "1", "used_quantity": "-3"},
+        {"package_sold_id": "2", "max_quantity": "-1", "used_quantity": "0"},
+        {"package_sold_id": "3", "purchase_date": "", "expire_date": ""},
+    )
+    packages(con, {"modified_date": " "})
+    run_transforms(con)
+    assert rows(
+        con,
+        "select package_sold_id, max_quantity, used_quantity, remaining_quantity, purchased_at, "
+        "is_expired from analytics.packages_sold",
+    ) == [
+        (1, 10, -3, None, CREATED_AT, False),
+        (2, -1, 0, None, CREATED_AT, False),
+        (3, 10, 3, 7, None, False),
+    ]
+    assert issues(con) == [
+        ("timetap", "package", "501", "modified_date", " ", "empty date"),
+        ("timetap", "package_sold", "1", "used_quantity", "-3", "negative quantity"),
+        ("timetap", "package_sold", "2", "max_quantity", "-1", "negative quantity"),
+        ("timetap", "package_sold", "3", "purchase_date", "", "empty date"),
+    ]

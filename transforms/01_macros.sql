@@ -87,10 +87,19 @@ create or replace temp macro epoch_ms_problem(raw) as
         when parse_epoch_ms(raw) is null then 'timestamp out of range (before 2000 or after 2100)'
     end;
 
--- JSON text from the extractor: NULL unless it parses and has the expected top-level type.
+-- A TimeTap date that must be there: empty text is reported (a missing field is not a value).
+create or replace temp macro dated_problem(raw) as
+    case when trim(raw) = '' then 'empty date' else epoch_ms_problem(raw) end;
+
+-- JSON text from the extractor: NULL unless it parses and has the expected top-level type. An
+-- object repeating a key (text a vendor sent as a string) is none: no map holds it, and casting
+-- it failed every night's build.
 create or replace temp macro json_of_type(raw, json_kind) as
     case when json_valid(raw) then
-        case when json_type(raw::json) = json_kind then raw::json end
+        case when json_type(raw::json) = json_kind
+            and (json_kind <> 'OBJECT'
+                or len(json_keys(raw::json)) = len(list_distinct(json_keys(raw::json))))
+            then raw::json end
     end;
 
 -- The extractor's own list of coerced values: a JSON array of {field, value, problem}.

@@ -89,7 +89,8 @@ def timetap(
         retired_as="marked inactive",
         gone_as="retired",
         max_share=max_deletion_share,
-        current_condition="active is distinct from 'false'",  # retired ones stay current
+        # retired ones stay current; `false` read as the transforms read it (any case, trimmed)
+        current_condition="lower(trim(active)) is distinct from 'false'",
     )
     sold_guard = guard.DeletionGuard(
         "timetap",

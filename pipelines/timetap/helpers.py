@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import dlt
 import orjson
@@ -148,16 +149,30 @@ def read_packages(
     review = deletions.review(listed_ids)
     if listed:
         yield _package_table(listed, listing.replaced_utf8, policy)
+    # each vanished package looked up first: only one TimeTap has no more, or has marked
+    # inactive, counts against the deletion share; one still on offer there (an unreadable
+    # `active`, a listing glitch) is stored as it is and withheld nothing, every night
     gone: list[str] = []
-    if deletions.permit(review):
-        for package_id in review.vanished.to_pylist():
-            found = _vanished_package(api, package_id)
-            if found is None:
-                gone.append(package_id)
-            else:  # one answer each: only an answer that had invalid UTF-8 is checked for it
-                yield _package_table([snake_row(found.data)], found.replaced_utf8, policy)
+    retired: list[JsonResponse] = []
+    for package_id in review.vanished.to_pylist():
+        found = _vanished_package(api, package_id)
+        if found is None:
+            gone.append(package_id)
+        elif _marked_inactive(found.data):
+            retired.append(found)
+        else:  # one answer each: only an answer that had invalid UTF-8 is checked for it
+            yield _package_table([snake_row(found.data)], found.replaced_utf8, policy)
+    if deletions.permit(review, vanished=len(gone) + len(retired)):
+        for found in retired:
+            yield _package_table([snake_row(found.data)], found.replaced_utf8, policy)
+        yield from deletions.tombstones(gone)
     yield from deletions.placeholder(review, _package_table([], False, None))
-    yield from deletions.tombstones(gone)
+
+
+def _marked_inactive(data: Any) -> bool:
+    """`active` false as the transforms read it (`parse_bool`: any case, spaces trimmed)."""
+    active = data.get("active") if isinstance(data, dict) else None
+    return str(active).strip().lower() == "false"
 
 
 def _package_table(rows: list[Any], replaced_utf8: bool, policy: Policy | None) -> pa.Table:
@@ -177,7 +192,8 @@ def _vanished_package(api: TimeTapApi, package_id: str) -> JsonResponse | None:
     as DELETE leaves it), or still active when the listing dropped it by mistake, stored as it is
     either way; None when TimeTap has no such package any more."""
     try:
-        return api.get_response(f"/package/{package_id}", check=check_object)
+        # quoted whole: an id such as `A B` made a malformed URL that failed every night
+        return api.get_response(f"/package/{quote(package_id, safe='')}", check=check_object)
     except NotFound:  # gone altogether; an outage (RetriesExhausted) must not retire it
         return None
 

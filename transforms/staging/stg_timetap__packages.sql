@@ -44,7 +44,10 @@ renamed as not materialized (
         _dlt_load_id as load_id,
         _raw_row as row_key,
         -- Rows of one package share its id; a row without a readable id is a package of its own.
-        account || ':' || coalesce(trim(package_id), _dlt_id) as version_group,
+        -- The id as read: '501', ' 501' and '0501' are one package (as three groups they were
+        -- three current rows of one key, failing every night's build); the latest wins.
+        account || ':' || coalesce(cast(parse_int(package_id) as varchar), trim(package_id), _dlt_id)
+            as version_group,
         list_filter([
             issue('package_id', source.package_id, int_problem(source.package_id)),
             issue('business_id', source.business_id, int_problem(source.business_id)),
@@ -56,8 +59,8 @@ renamed as not materialized (
             issue('allow_online', source.allow_online, bool_problem(source.allow_online)),
             issue('taxable', source.taxable, bool_problem(source.taxable)),
             issue('active', source.active, bool_problem(source.active)),
-            issue('created_date', source.created_date, epoch_ms_problem(source.created_date)),
-            issue('modified_date', source.modified_date, epoch_ms_problem(source.modified_date))
+            issue('created_date', source.created_date, dated_problem(source.created_date)),
+            issue('modified_date', source.modified_date, dated_problem(source.modified_date))
         ], lambda i: i.problem is not null) || ingest_issues(source._ingest_issues) as issues
     from source
 ),

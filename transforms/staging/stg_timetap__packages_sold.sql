@@ -49,7 +49,10 @@ renamed as not materialized (
         _dlt_valid_to as valid_to,
         _dlt_load_id as load_id,
         _raw_row as row_key,
-        account || ':' || coalesce(trim(package_sold_id), _dlt_id) as version_group,
+        -- The id as read: '501', ' 501' and '0501' are one package sold (as three groups they were
+        -- three current rows of one key, failing every night's build); the latest wins.
+        account || ':' || coalesce(cast(parse_int(package_sold_id) as varchar), trim(package_sold_id), _dlt_id)
+            as version_group,
         list_filter([
             issue('package_sold_id', parsed.package_sold_id, int_problem(parsed.package_sold_id)),
             issue('business_id', parsed.business_id, int_problem(parsed.business_id)),
@@ -64,20 +67,25 @@ renamed as not materialized (
                         then 'no integer packageId in pkg'
                 end),
             issue('price', parsed.price, decimal_problem(parsed.price)),
-            issue('max_quantity', parsed.max_quantity, int32_problem(parsed.max_quantity)),
+            issue('max_quantity', parsed.max_quantity,
+                coalesce(int32_problem(parsed.max_quantity),
+                    case when parse_int(parsed.max_quantity) < 0 then 'negative quantity' end)),
             issue('used_quantity', parsed.used_quantity,
                 coalesce(
                     int32_problem(parsed.used_quantity),
+                    case when parse_int(parsed.used_quantity) < 0 then 'negative quantity' end,
                     case when parse_int(parsed.used_quantity) > parse_int(parsed.max_quantity)
+                        and parse_int(parsed.max_quantity) >= 0
                         then 'used quantity exceeds maximum' end
                 )),
             issue('status', parsed.status,
                 case when parsed.status is not null and upper(trim(parsed.status)) not in ('OPEN', 'CLOSED')
                     then 'unknown status' end),
-            issue('purchase_date', parsed.purchase_date, epoch_ms_problem(parsed.purchase_date)),
+            -- an empty expire_date means "never expires"; any other date must not be empty
+            issue('purchase_date', parsed.purchase_date, dated_problem(parsed.purchase_date)),
             issue('expire_date', parsed.expire_date, epoch_ms_problem(parsed.expire_date)),
-            issue('created_date', parsed.created_date, epoch_ms_problem(parsed.created_date)),
-            issue('modified_date', parsed.modified_date, epoch_ms_problem(parsed.modified_date)),
+            issue('created_date', parsed.created_date, dated_problem(parsed.created_date)),
+            issue('modified_date', parsed.modified_date, dated_problem(parsed.modified_date)),
             issue('active', parsed.active, bool_problem(parsed.active))
         ], lambda i: i.problem is not null) || ingest_issues(parsed._ingest_issues) as issues
     from parsed
@@ -87,8 +95,9 @@ versions as not materialized (
     select
         *,
         -- Never negative: using more than the maximum is reported as a data issue instead.
-        -- (greatest() skips NULLs, so an unknown quantity is handled before it.)
-        case when max_quantity is not null and used_quantity is not null
+        -- (greatest() skips NULLs, so an unknown quantity is handled before it.) A negative
+        -- quantity (reported) leaves it unknown: -3 used of 10 is not 13 left.
+        case when max_quantity >= 0 and used_quantity >= 0
             then greatest(max_quantity - used_quantity, 0) end as remaining_quantity,
         -- Retired: no current version that is not deactivated (an unreadable active still counts).
         active is distinct from false as is_live
