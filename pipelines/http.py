@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import certifi
 import orjson
@@ -186,8 +186,8 @@ class HttpClient:
         parts = urlsplit(base_url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(
-                f"{names.title} base URL {base_url!r} is not an http(s) URL: "
-                f"fix {names.setting('base_url')}."
+                f"{names.title} base URL {without_userinfo(base_url or '')!r} is not an http(s) "
+                f"URL: fix {names.setting('base_url')}."
             )
         if concurrency < 1:
             raise ConfigError(f"{names.setting('concurrency')} must be at least 1.")
@@ -196,7 +196,9 @@ class HttpClient:
             raise ConfigError(f"{names.setting('max_attempts')} must be at least 1.")
         self.names = names
         self.base_url = base_url.rstrip("/")
-        self.host = parts.netloc
+        # a gateway's `user:password@` stays in the URL requests go to, never in a message
+        self.host = parts.netloc.rpartition("@")[2]
+        self._shown_base = without_userinfo(self.base_url)
         self.concurrency = concurrency
         # `concurrency` bounds requests on the wire, not threads: a thread decoding the page it
         # just got gives its slot back first, so decoding never holds a request slot idle
@@ -285,7 +287,7 @@ class HttpClient:
             # the very first call is not found: the base URL is wrong, not the data
             raise ConfigError(
                 f"{self.names.title} answered HTTP 404 (not found) at "
-                f"{self.base_url + path.split('?', 1)[0]}: check {self.names.setting('base_url')}."
+                f"{self._shown_base + path.split('?', 1)[0]}: check {self.names.setting('base_url')}."
             )
         self._answered = True
         if status == 404:
@@ -361,6 +363,14 @@ class HttpClient:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without the `user:password@` of its host part: what a message may show of it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def parse_json(body: bytes) -> JsonResponse:

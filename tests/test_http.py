@@ -695,3 +695,21 @@ def test_a_server_trickling_bytes_is_cut_off(slept: list[float]) -> None:
         listener.close()
     assert caught.value.problem == "no answer within the timeout"
     assert (datetime.now(UTC) - started).total_seconds() < 20  # 1 s stalls: cut at ~12 s
+
+
+def test_a_password_in_the_base_url_never_reaches_a_message(slept: list[float]) -> None:
+    """A gateway's `user:password@` in the base URL was quoted by the 404, unreachable and
+    not-a-URL sentences, and so reached stderr, the run history and the serving file."""
+    secret = "GWPASS-planted"
+    http = HttpClient(NAMES, f"https://gw:{secret}@api.example.test/v1")
+    http._transport = FakeTransport([response(404, b"{}")])  # type: ignore[assignment]
+    with pytest.raises(ConfigError) as not_found:
+        http.get("/sessions/0/1000", ok)
+    assert str(not_found.value).startswith(
+        "Bizstim answered HTTP 404 (not found) at https://***@api.example.test/v1/sessions/0/1000"
+    )
+    assert http.host == "api.example.test"
+    with pytest.raises(ConfigError) as not_http:
+        HttpClient(NAMES, f"ftp://gw:{secret}@api.example.test/v1")
+    assert "'ftp://***@api.example.test/v1' is not an http(s) URL" in str(not_http.value)
+    assert secret not in str(not_found.value) + str(not_http.value)
