@@ -409,3 +409,35 @@ def test_a_full_refresh_that_failed_keeps_refusing_the_changed_salt(tmp_path: Pa
     assert env.query("select distinct session_note from bizstim.sessions where id = ?", [
         sim.bizstim.rows()[7]["id"]
     ]) == [(expected_hash(EMAIL, SALT + "-changed"),)]
+
+
+@pytest.mark.parametrize("action", ["hash", "drop"])
+def test_a_client_whose_sales_cannot_be_read_is_named_as_the_policy_stores_client_ids(
+    tmp_path: Path, action: str
+) -> None:
+    """The client a 404 (or a failing list) was about went to `timetap.fetch_problems`,
+    `analytics.data_issues`, the serving file and the summary as its plain id, under a policy
+    that hashes or drops `client_id` everywhere else."""
+    from practice_sync.simulator import Fault
+
+    with Simulator(clients=30, packages=5, edge_cases=False) as sim:
+        env = make_env(sim, tmp_path, bizstim=False)
+        env.vars["SOURCES__TIMETAP__PRIVACY"] = json.dumps({action: ["client_id"]})
+        env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = SALT
+        assert env.run("run").code == 0
+        client_id = sim.timetap.packages_sold()[0]["client"]["clientId"]
+        sim.add_fault(Fault(rf"/packageSold/client/{client_id}$", "500", status=404))
+        result = env.run("run")
+        assert result.code == 0, result.stderr
+        assert "1 TimeTap clients answered 404 for their packages sold; their" in result.stdout
+        stored = expected_hash(str(client_id)) if action == "hash" else None
+        assert env.query(
+            "select record_id, problem from analytics.data_issues where entity = 'client'"
+        ) == [(stored, "its packages sold answered HTTP 404 (not found)")]
+        shown = result.stdout + result.stderr
+        serving = env.database.with_name("practice_sync_analytics.duckdb").read_bytes()
+        for place in (shown.encode(), serving, env.database.read_bytes()):
+            assert f"client:{client_id}".encode() not in place
+        assert env.query(
+            "select count(*) from timetap.fetch_problems where client_id = ?", [str(client_id)]
+        ) == [(0,)]

@@ -44,6 +44,7 @@ from .helpers import (
     client_list,
     empty_sold,
     fetch_problems,
+    hides_clients,
     read_packages,
     read_packages_sold,
     spare_clients,
@@ -146,10 +147,11 @@ def _sweep_sold(
     spare = spare_clients(sweep.missing_clients, policy)
     if clients.garbled:  # a sale of the client a garbled entry stood for would look removed
         spare = "true"
+        shown = "" if hides_clients(policy) else f" ({', '.join(clients.garbled[:3])})"
         context.current("timetap").report.notes.append(
             f"TimeTap's client id list held {len(clients.garbled):,} entries that are not client "
-            f"ids ({', '.join(clients.garbled[:3])}); the other clients loaded, and no sale was "
-            "retired tonight (see analytics.data_issues)"
+            f"ids{shown}; the other clients loaded, and no sale was retired tonight (see "
+            "analytics.data_issues)"
         )
         sweep.problems.update(
             (value, "GET /clientIdList listed it, and it is not a client id")
@@ -159,4 +161,4 @@ def _sweep_sold(
     yield from deletions.placeholder(review, empty_sold())
     if deletions.permit(review):
         yield from deletions.tombstones(review.vanished)
-    yield fetch_problems(sweep.problems)
+    yield fetch_problems(sweep.problems, policy)

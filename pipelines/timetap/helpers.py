@@ -329,23 +329,43 @@ def read_packages_sold(
             progress.close()
     ids = pa.chunked_array(seen, pa.string())
     run.report.count("packages_sold", len(ids))
-    run.report.notes += _unread_notes(problems)
+    run.report.notes += _unread_notes(problems, hides_clients(policy))
     return SoldSweep(ids, problems)
 
 
-def _unread_notes(problems: Mapping[str, str]) -> list[str]:
-    """The summary's lines about clients whose packages sold could not be read, one per reason."""
+def _unread_notes(problems: Mapping[str, str], hidden: bool = False) -> list[str]:
+    """The summary's lines about clients whose packages sold could not be read, one per reason;
+    without their ids where a privacy policy hashes or drops `client_id`."""
     notes = []
     for reason, said in ((NOT_FOUND, "answered 404"), (KEPT_FAILING, "kept failing"),
                          (REFUSED, "were refused")):  # fmt: skip
         clients = [client for client, problem in problems.items() if problem == reason]
         if clients:
+            named = (
+                ""
+                if hidden
+                else f" (client {', '.join(clients[:5])}{' …' if len(clients) > 5 else ''})"
+            )
             notes.append(
-                f"{len(clients):,} TimeTap clients {said} for their packages sold (client "
-                f"{', '.join(clients[:5])}{' …' if len(clients) > 5 else ''}); their earlier "
-                "sales stay as they were (see analytics.data_issues)"
+                f"{len(clients):,} TimeTap clients {said} for their packages sold{named}; their "
+                "earlier sales stay as they were (see analytics.data_issues)"
             )
     return notes
+
+
+def hides_clients(policy: Policy | None) -> bool:
+    """Whether a privacy policy hashes or drops `client_id`: then no plain client id may be
+    stored or shown, in a fetch problem or a note either."""
+    return bool(policy and policy.columns.get(CLIENT_ID_COLUMN))
+
+
+def client_as_stored(policy: Policy | None, client_id: str) -> str | None:
+    """A client id as `packages_sold.client_id` stores it under the policy: as is, its salted
+    hash, or nothing (dropped)."""
+    rule = policy.columns.get(CLIENT_ID_COLUMN) if policy else None
+    if rule is None:
+        return client_id
+    return policy.hash_text(client_id) if policy and rule == HASH else None
 
 
 def empty_sold() -> pa.Table:
@@ -371,11 +391,15 @@ def _sold_table(rows: list[Any], replaced_utf8: bool, policy: Policy | None) -> 
 FETCH_PROBLEMS = "fetch_problems"
 
 
-def fetch_problems(unread: Mapping[str, str]) -> Any:
+def fetch_problems(unread: Mapping[str, str], policy: Policy | None = None) -> Any:
     """This run's unreadable clients (id -> why), replacing the last run's, for
-    `analytics.data_issues`."""
-    clients = pa.array(list(unread), pa.string())
+    `analytics.data_issues`; each id stored as the policy stores `client_id` (a plain id under
+    a hash policy reached the warehouse, the serving file and the summary)."""
+    stored = [client_as_stored(policy, client) for client in unread]
+    clients = pa.array(stored, pa.string())
     problems = list(unread.values())
+    # the row's identity: the stored id, or its position where the policy drops it
+    keys = pa.array([c if c is not None else f"#{n}" for n, c in enumerate(stored)], pa.string())
     schema = pa.schema(
         [
             pa.field("client_id", pa.string()),
@@ -383,7 +407,7 @@ def fetch_problems(unread: Mapping[str, str]) -> Any:
             pa.field(ROW_HASH, pa.string(), nullable=False),
         ]
     )
-    row_ids = pc.binary_join_element_wise("client", clients, ":")
+    row_ids = pc.binary_join_element_wise("client", keys, ":")
     table = pa.Table.from_arrays([clients, pa.array(problems, pa.string()), row_ids], schema=schema)
     hints = dlt.mark.make_hints(
         table_name=FETCH_PROBLEMS,
