@@ -235,6 +235,7 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
         for source in dict.fromkeys(load.spec.name for load in loads):
             mine = [load for load in loads if load.spec.name == source]
             codes += _load_accounts(mine, job, report)
+            _apply_policy_to_unlisted(source, job, report)
     except interrupt.Interrupted:
         # the sources a stop request kept from starting get their row in the history too
         # (interrupted, or skipped as a run would have): `status` showed their last ok
@@ -551,6 +552,38 @@ def _finish_left_over(
         report.notes.append(f"removed {replayed:,} rows the resumed load wrote twice")
     if refreshed:  # the history is now the refresh's, written under today's policy
         privacy.record(job.database, load.dataset, _privacy_policy(load, kwargs))
+
+
+def _apply_policy_to_unlisted(source: str, job: Job, report: RunReport) -> None:
+    """The source's privacy policy, brought to the stored history of accounts no longer in
+    `sources.<source>.accounts` as well: their rows stay in raw and in `analytics`, and a
+    column dropped later stayed there in plain text (the serving file and `sql` showed it)."""
+    if not job.database.exists() or job.overrides.get(source, {}).get("privacy") is not None:
+        return
+    listed = set(accounts.names(source))
+    with warehouse.writer(job.database) as con:
+        schemas = [
+            row[0]
+            for row in con.execute(
+                "select schema_name from duckdb_tables() where database_name = current_database() "
+                "and table_name = '_dlt_loads' order by schema_name"
+            ).fetchall()
+        ]
+    unlisted = [
+        schema
+        for schema in schemas
+        if (account := accounts.account_of(source, schema, True)) and account not in listed
+    ]
+    if not unlisted:
+        return
+    policy = privacy.configured(source)
+    notes: list[str] = []
+    for dataset in unlisted:
+        with warehouse.access:
+            notes += privacy.apply_to_history(job.database, source, policy, dataset=dataset)
+    mine = [item for item in report.sources if item.name.split(".")[0] == source]
+    if notes and mine:
+        mine[0].notes += [f"{note} (an account no longer listed)" for note in notes]
 
 
 def _privacy_policy(load: AccountLoad, kwargs: Mapping[str, Any]) -> Any:

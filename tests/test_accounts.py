@@ -351,3 +351,25 @@ def test_a_single_account_warehouse_upgrades_in_place(sim: Simulator, tmp_path: 
         "select account, package_name from analytics.packages where package_id = ?",
         [package["packageId"]],
     ) == [("default", "Renamed at the desk")]
+
+
+def test_a_policy_added_later_reaches_an_account_no_longer_listed(
+    multi: Simulator, tmp_path: Path
+) -> None:
+    """An account taken out of `accounts` keeps its history (raw and analytics); a column
+    dropped after that stayed there in plain text, the serving file and `sql` showing it."""
+    env = accounts_env(multi, tmp_path)
+    assert env.run("run", "--source", "bizstim").code == 0
+    noted = "select count(*) from analytics.sessions where account = ? and private_note is not null"
+    assert env.query(noted, ["uptown"])[0][0] > 0
+    env.vars["SOURCES__BIZSTIM__ACCOUNTS"] = '["downtown"]'
+    del env.vars["SOURCES__BIZSTIM__UPTOWN__API_KEY"]
+    env.vars["SOURCES__BIZSTIM__PRIVACY"] = '{"drop": ["session_private_note"]}'
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 0, result.stderr
+    assert "(an account no longer listed)" in result.stdout
+    for account in ("downtown", "uptown"):
+        assert env.query(noted, [account]) == [(0,)]
+    raw = "select count(*) from bizstim_uptown.sessions where session_private_note is not null"
+    assert env.query(raw) == [(0,)]
+    assert env.query("select count(*) from analytics.sessions where account = 'uptown'")[0][0] > 0
