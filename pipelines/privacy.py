@@ -40,7 +40,9 @@ DROP = "drop"
 HASH = "hash"
 SALT_SETTING = "practice_sync.privacy_salt (PRACTICE_SYNC__PRIVACY_SALT)"
 MIN_SALT = 16  # characters: a short salt lets anyone with the hashes guess common emails back
-OBJECT_COLUMNS = {"timetap": ("client",)}  # columns holding a JSON object whose keys may be named
+# columns holding a JSON object whose keys may be named: the client, and the package a sale
+# embeds (its createdUser and modifiedUser are the package's, which `created_user` does not reach)
+OBJECT_COLUMNS = {"timetap": ("client", "pkg")}
 KEYS = {"bizstim": ("id",), "timetap": ("package_id", "package_sold_id")}  # never dropped or hashed
 INGEST_ISSUES = "_ingest_issues"
 TITLES = {"bizstim": "Bizstim", "timetap": "TimeTap"}

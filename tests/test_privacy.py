@@ -158,7 +158,7 @@ def test_history_rewrite_hashes_rows_as_the_extractor_would() -> None:
         ("bizstim", ["session_note"], None, ['{"drop": ["session_private_note"]']),
         ("bizstim", {"drop": 5}, None, ["drop must be a list of column names"]),  # was exit 1
         ("bizstim", {"hash": True}, SALT, ["hash must be a list of column names"]),
-        ("timetap", {"drop": ["client.emailAddress", "pkg.price"]}, None, ["'pkg.price'"]),
+        ("timetap", {"drop": ["client.emailAddress", "price.amount"]}, None, ["'price.amount'"]),
         ("timetap", {"drop": ["package_sold_id"]}, None, ["the record's id"]),
     ],
 )  # fmt: skip
@@ -441,3 +441,21 @@ def test_a_client_whose_sales_cannot_be_read_is_named_as_the_policy_stores_clien
         assert env.query(
             "select count(*) from timetap.fetch_problems where client_id = ?", [str(client_id)]
         ) == [(0,)]
+
+
+def test_keys_inside_the_package_a_sale_embeds() -> None:
+    """`packageSold.pkg` is the package object, with its createdUser and modifiedUser: no
+    policy could reach them (`pkg.createdUser` was "not a TimeTap column")."""
+    policy = privacy.parse(
+        "timetap", {"drop": ["pkg.createdUser"], "hash": ["pkg.modified_user"]},
+        "SOURCES__TIMETAP__PRIVACY", SALT,
+    )  # fmt: skip
+    assert policy.entries() == {"drop": ["pkg.created_user"], "hash": ["pkg.modified_user"]}
+    pkg = {"packageId": 501, "createdUser": "bob", "modifiedUser": "eve", "active": True}
+    table = rows_to_table(
+        [{"package_sold_id": "1", "pkg": pkg}], SOLD_FIELDS, entity="package_sold",
+        expect_text=False, policy=policy,
+    )  # fmt: skip
+    assert json.loads(table["pkg"][0].as_py()) == {
+        "active": True, "modifiedUser": expected_hash("eve"), "packageId": 501,
+    }  # fmt: skip
