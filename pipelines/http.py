@@ -182,6 +182,7 @@ class HttpClient:
         concurrency: int = 8,
         policy: RetryPolicy | None = None,
         stats: HttpStats | None = None,
+        account: str | None = None,
     ) -> None:
         parts = urlsplit(base_url or "")
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -195,6 +196,8 @@ class HttpClient:
         if policy.max_attempts < 1:
             raise ConfigError(f"{names.setting('max_attempts')} must be at least 1.")
         self.names = names
+        # named in retry warnings: accounts load at once, and their lines interleave
+        self.who = f"{names.title} account {account}" if account else names.title
         self.base_url = base_url.rstrip("/")
         # a gateway's `user:password@` stays in the URL requests go to, never in a message
         self.host = parts.netloc.rpartition("@")[2]
@@ -325,7 +328,7 @@ class HttpClient:
         pause = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
             "%s %s: %s; retry %d of %d in %.1fs",
-            self.names.title,
+            self.who,
             _endpoint(state.args[0]),
             failure.problem if isinstance(failure, Transient) else failure,
             state.attempt_number,

@@ -152,6 +152,9 @@ def test_one_accounts_outage_fails_only_that_account(multi: Simulator, tmp_path:
         "select source, outcome, exit_code from ops.run_history where source like 'bizstim%' "
         "order by source"
     ) == [("bizstim.downtown", "ok", 0), ("bizstim.uptown", "failed", 4)]
+    # accounts load at once: each retry warning says which one it is about
+    assert "Bizstim account uptown /sessions: HTTP 503; retry 1 of" in result.stderr
+    assert "Bizstim /sessions" not in result.stderr
 
 
 def test_one_accounts_mass_deletion_is_withheld_for_it_alone(

@@ -63,6 +63,7 @@ def bizstim(
             read_timeout=request_timeout,
         ),
         stats=context.current("bizstim").report.http,
+        account=context.current("bizstim").report.name.partition(".")[2] or None,
     )
     deletions = guard.DeletionGuard(
         "bizstim", "Bizstim", "sessions", "id", "sessions", max_share=max_deletion_share

@@ -79,6 +79,7 @@ def timetap(
             read_timeout=request_timeout,
         ),
         stats=context.current("timetap").report.http,
+        account=context.current("timetap").report.name.partition(".")[2] or None,
     )
     api = TimeTapApi(client, api_key, private_key)
     package_guard = guard.DeletionGuard(
