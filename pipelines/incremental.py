@@ -447,6 +447,18 @@ def make_keys(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     decision.keys_made = True
 
 
+def check_insert(query: str, model: str, cleared: set[str]) -> None:
+    """`Restart` (a full build) for a family mart inserting into a table before it deleted its
+    keys there: on a night its insert adds the changed keys' rows again beside their old ones.
+    `cleared`: the tables this model deleted from or replaced so far (added to here)."""
+    if match := _REPLACE_AS.match(query) or _DELETE.match(query):
+        cleared.add(match.group(1).replace('"', "").lower())
+    elif (match := _INSERT.match(query)) and match.group(1).replace('"', "").lower() not in cleared:
+        raise Restart(
+            f"{model} inserts into {match.group(1)} without deleting its keys there first"
+        )
+
+
 def rewrite(
     query: str, decision: Decision | None, model: str, partial: bool, setup: bool = False
 ) -> list[str]:

@@ -300,12 +300,14 @@ def _run_file(
 ) -> None:
     """Run one file statement by statement (rewritten where the build is incremental, see
     incremental.py), adding the analytics tables it writes to `built`."""
+    cleared: set[str] = set()
     try:
         # DuckDB's own parser splits the file, so ';' inside strings or comments is safe.
         for statement in con.extract_statements(transform.sql):
             interrupt.check()
             query = _LEADING_COMMENTS.sub("", statement.query, count=1).rstrip().rstrip(";")
             if decision is not None and decision.incremental and transform.incremental_key:
+                incremental.check_insert(query, transform.name, cleared)
                 incremental.make_keys(con, decision)
             parts = incremental.rewrite(
                 query, decision, transform.name, partial, transform.is_setup

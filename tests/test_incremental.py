@@ -776,3 +776,26 @@ def test_the_code_that_writes_analytics_is_part_of_the_fingerprint(
     assert incremental.fingerprint([("a.sql", "select 1")], marts) == before
     code.write_text("problem = 'new wording'")
     assert incremental.fingerprint([("a.sql", "select 1")], marts) != before
+
+
+def test_a_mart_inserting_without_deleting_its_keys_first_builds_in_full(
+    con, tmp_path: Path
+) -> None:
+    """Insert-only into a table its setup file makes: right in a full build, but on a night it
+    added the changed records' rows again beside their old ones, silently."""
+    folder = edited_transforms(
+        tmp_path,
+        "marts/data_issues__bizstim_sessions.sql",
+        "delete from analytics.data_issues where source = 'bizstim' and entity = 'session';",
+        "",
+    )
+    build_analytics(con, folder, full="test")
+    a_night(con)
+    build = build_analytics(con, folder)
+    assert build.summary == (
+        "full (bizstim.sessions: data_issues__bizstim_sessions inserts into analytics.data_issues "
+        "without deleting its keys there first)"
+    ), build.summary
+    after = tables(con)
+    assert len(after["data_issues"]) == len(set(after["data_issues"]))
+    equals_full_rebuild(con, build)
