@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 import certifi
 import orjson
@@ -368,12 +368,13 @@ class HttpClient:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
+
+
 def without_userinfo(url: str) -> str:
-    """`url` without the `user:password@` of its host part: what a message may show of it."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    """`url` without the `user:password@` before its host, read as text (a URL missing its
+    `https://` has no host part to parse): what a message may show of it."""
+    return _USERINFO.sub(lambda found: (found.group(1) or "") + "***@", url, count=1)
 
 
 def parse_json(body: bytes) -> JsonResponse:
@@ -397,10 +398,11 @@ def parse_json(body: bytes) -> JsonResponse:
     # and orjson refuses the whole body: one such note failed the account every night. Read
     # here, it becomes U+FFFD and is reported as the invalid bytes above are
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except ValueError:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        data = _without_lone_surrogates(data)
+    except (ValueError, RecursionError):  # nested deeper than Python's parser goes
         raise BadBody("a body that is not complete JSON") from None
-    return JsonResponse(_without_lone_surrogates(data), replaced_utf8=True)
+    return JsonResponse(data, replaced_utf8=True)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -408,6 +410,13 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN and Infinity: orjson refuses them too
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400: orjson refuses it too
+        raise ValueError(f"{text} is beyond a float")
+    return number
 
 
 def _without_lone_surrogates(value: Any) -> Any:

@@ -447,6 +447,15 @@ def make_keys(con: duckdb.DuckDBPyConnection, decision: Decision) -> None:
     decision.keys_made = True
 
 
+def check_setup_table(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """`Restart` (a full build) when a table a setup file makes is gone (dropped by hand): on a
+    partial build it was made anew, empty, and the night lost every untouched record's rows."""
+    if match := _REPLACE_EMPTY.match(query):
+        schema, _, table = match.group(2).replace('"', "").partition(".")
+        if not table_exists(con, schema, table):
+            raise Restart(f"analytics table {table} is missing")
+
+
 def check_insert(query: str, model: str, cleared: set[str]) -> None:
     """`Restart` (a full build) for a family mart inserting into a table before it deleted its
     keys there: on a night its insert adds the changed keys' rows again beside their old ones.

@@ -306,6 +306,8 @@ def _run_file(
         for statement in con.extract_statements(transform.sql):
             interrupt.check()
             query = _LEADING_COMMENTS.sub("", statement.query, count=1).rstrip().rstrip(";")
+            if partial and transform.is_setup:
+                incremental.check_setup_table(con, query)
             if decision is not None and decision.incremental and transform.incremental_key:
                 incremental.check_insert(query, transform.name, cleared)
                 incremental.make_keys(con, decision)

@@ -376,3 +376,26 @@ def test_a_policy_added_later_reaches_an_account_no_longer_listed(
     raw = "select count(*) from bizstim_uptown.sessions where session_private_note is not null"
     assert env.query(raw) == [(0,)]
     assert env.query("select count(*) from analytics.sessions where account = 'uptown'")[0][0] > 0
+
+
+def test_a_changed_salt_does_not_stop_every_night_over_an_account_no_longer_listed(
+    multi: Simulator, tmp_path: Path
+) -> None:
+    """The salt check on an unlisted account's history made every night exit 2 after its loads,
+    advising a full refresh that cannot reach that account."""
+    env = accounts_env(multi, tmp_path)
+    env.vars["SOURCES__BIZSTIM__PRIVACY"] = '{"hash": ["session_note"]}'
+    env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = "salt-A-0123456789abcdef"
+    assert env.run("run", "--source", "bizstim").code == 0
+    env.vars["SOURCES__BIZSTIM__ACCOUNTS"] = '["downtown"]'
+    del env.vars["SOURCES__BIZSTIM__UPTOWN__API_KEY"]
+    env.vars["PRACTICE_SYNC__PRIVACY_SALT"] = "salt-B-rotated-0123456789"
+    refreshed = env.run("run", "--source", "bizstim", "--full-refresh")
+    assert refreshed.code == 0, refreshed.stderr
+    assert "bizstim_uptown keeps its history as it was" in refreshed.stdout
+    night = env.run("run", "--source", "bizstim")
+    assert night.code == 0, night.stderr
+    assert env.query(
+        "select source, outcome from ops.run_history where source like 'bizstim%' "
+        "order by finished_at desc limit 1"
+    ) == [("bizstim.downtown", "ok")]

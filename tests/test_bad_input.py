@@ -168,3 +168,39 @@ def test_a_session_listed_twice_loads_once_and_the_night_goes_on(
         "select count(*) from bizstim.sessions where id = ? and _dlt_valid_to is null",
         [rows[10]["id"]],
     ) == [(1,)]
+
+
+def test_a_session_listed_twice_keeps_its_first_copy_night_after_night(
+    tmp_path, monkeypatch
+) -> None:
+    """With the decode workers leaving out current rows (40+ pages), an unchanged first copy
+    never reached the check, the second was kept in its place, and the session flipped between
+    its two copies every night, a new version each time."""
+    import orjson
+    from conftest import make_env
+
+    from practice_sync.simulator import bizstim as simulated
+
+    with Simulator(sessions=300, clients=10, packages=3, edge_cases=False) as sim:
+        twice = sim.bizstim.rows()[200]["id"]
+        real = simulated.Bizstim._page
+
+        def page(self, start: int, limit: int) -> bytes:  # noqa: ANN001
+            body = orjson.loads(real(self, start, limit))
+            for n, row in enumerate(body["response"]):
+                if start + n == 280:  # a second copy of session `twice`, another note
+                    row.update(id=twice, session_note="the second copy")
+            return orjson.dumps(body)
+
+        monkeypatch.setattr(simulated.Bizstim, "_page", page)
+        sim.latency = 0.05  # the workers are ready before the last pages come
+        env = make_env(sim, tmp_path, timetap=False)
+        env.vars["SOURCES__BIZSTIM__PAGE_SIZE"] = "5"  # 75 pages: decoded by the workers
+        first = next(r for r in sim.bizstim.rows() if r["id"] == twice)["session_note"]
+        for _ in range(3):
+            assert env.run("run").code == 0
+            assert env.query(
+                "select session_note from bizstim.sessions where id = ? "
+                "and _dlt_valid_to is null", [twice]
+            ) == [(first,)]  # fmt: skip
+        assert env.query("select count(*) from bizstim.sessions where id = ?", [twice]) == [(1,)]

@@ -274,3 +274,14 @@ def test_a_full_disk_during_the_build_is_exit_8() -> None:
     assert _disk_problem(full) == "No space left on device"
     assert _disk_problem(gone) == "DuckDB stopped writing after a failed write"
     assert _disk_problem(duckdb.BinderException("column x not found")) is None
+
+
+def test_publish_credentials_under_the_publish_pipelines_own_name_count(env: Env) -> None:
+    """dlt reads `PRACTICE_SYNC_PUBLISH_POSTGRES__DESTINATION__POSTGRES__CREDENTIALS` for the
+    publish pipeline; the early check looked outside that section and refused the run."""
+    env.vars["PRACTICE_SYNC__PUBLISH"] = '["postgres"]'
+    scoped = "PRACTICE_SYNC_PUBLISH_POSTGRES__DESTINATION__POSTGRES__CREDENTIALS"
+    env.vars[scoped] = "postgresql://loader:x@127.0.0.1:9/nowhere"  # nothing listens on port 9
+    result = env.run("run", "--source", "bizstim")
+    assert result.code == 10, result.stderr
+    assert "could not be published to postgres" in result.stderr

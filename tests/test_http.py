@@ -713,3 +713,18 @@ def test_a_password_in_the_base_url_never_reaches_a_message(slept: list[float]) 
         HttpClient(NAMES, f"ftp://gw:{secret}@api.example.test/v1")
     assert "'ftp://***@api.example.test/v1' is not an http(s) URL" in str(not_http.value)
     assert secret not in str(not_found.value) + str(not_http.value)
+
+
+def test_a_body_the_fallback_parser_cannot_read_is_a_broken_body() -> None:
+    """The fallback for lone surrogates ran into Python's recursion limit on a deeply nested
+    body (exit 1), and read 1e400 as infinity, which orjson refuses."""
+    for body in (b"[" * 5000 + b'"\\ud83d"' + b"]" * 5000, b'{"a": "\\ud83d", "b": 1e400}'):
+        with pytest.raises(BadBody, match="not complete JSON"):
+            parse_json(body)
+
+
+def test_a_base_url_without_its_scheme_hides_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        HttpClient(NAMES, "gateway:S3cret@api.example.test/v1")
+    assert "'***@api.example.test/v1' is not an http(s) URL" in str(caught.value)
+    assert "S3cret" not in str(caught.value)

@@ -143,8 +143,11 @@ class Sweep:
             return self.client.get(path, lambda body: decode_page(start, body, policy))
         # every page the workers get has the overlap row first (the first page never goes
         # there), so a worker may cut it off and leave out what is current (guard.Prefilter)
-        folder = self.prefilter.path() if self.prefilter and start > 0 else None
-        held = (self.prefilter.key, folder) if self.prefilter and folder else None
+        # not while ids are known to be listed twice: a worker would leave out an unchanged
+        # first copy, and the second would be kept in its place
+        prefilter = self.prefilter if not self.known_twice else None
+        folder = prefilter.path() if prefilter and start > 0 else None
+        held = (prefilter.key, folder) if prefilter and folder else None
 
         def decode(body: bytes) -> Page:
             try:
