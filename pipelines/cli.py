@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild every analytics table from all raw rows instead of only what changed",
     )
+    transform_cmd.add_argument(
+        "--wait-for-lock",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long (e.g. 30s, 10m, 1h) for a run to release the warehouse",
+    )
 
     sql = commands.add_parser(
         "sql", parents=[common], help="run one read-only query on the serving file, print it"
@@ -230,7 +237,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         report, code = run(job)
         return _finish(report, code)
     if args.command == "transform":
-        report, code = transform(database_from_config(args.database), args.full_rebuild)
+        report, code = transform(
+            database_from_config(args.database), args.full_rebuild, wait=args.wait_for_lock
+        )
         return _finish(report, code)
     if args.command == "status":
         from practice_sync import status

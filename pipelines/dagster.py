@@ -110,8 +110,8 @@ def run_job(selected: Set[dg.AssetKey], settings: RunSettings) -> tuple[RunRepor
         chosen: dict[str, set[str]] = {}
         for key in selected - {ANALYTICS}:
             chosen.setdefault(key.path[0], set()).add(key.path[1])
-        if not chosen:
-            return transform(database)
+        if not chosen:  # analytics alone: waits for the lock as a run does
+            return transform(database, wait=settings.wait_for_lock_seconds)
         job = Job(
             database=database,
             # all of them: every source with credentials, the others skipped, as a plain `run`

@@ -265,7 +265,8 @@ def write_cause(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror  # "No space left on device", without the file's path
     message = str(getattr(error, "failed_message", "") or "")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    # not a parser's `^^^^^` marker under the statement it points into
+    lines = [line.strip() for line in message.splitlines() if line.strip(" ^\t")]
     if lines:
         return lines[-1][:300]
     text = str(error).strip()

@@ -219,9 +219,12 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
     with warehouse.lock(job.database, wait=job.wait_for_lock):
         try:
             code = _load_and_transform(job, report)
-        except interrupt.Interrupted as stop:
+        except BaseException as stop:
+            signal_code = _stopped(stop)
+            if signal_code is None:
+                raise
             report.finished = time.monotonic()
-            _close(job.database, report, stop.exit_code, signal_code=stop.exit_code)
+            _close(job.database, report, signal_code, signal_code=signal_code)
             raise
         report.finished = time.monotonic()
         code = _close(job.database, report, code)
@@ -236,7 +239,9 @@ def _load_and_transform(job: Job, report: RunReport) -> ExitCode:
             mine = [load for load in loads if load.spec.name == source]
             codes += _load_accounts(mine, job, report)
             _apply_policy_to_unlisted(source, job, report)
-    except interrupt.Interrupted:
+    except BaseException as stop:
+        if _stopped(stop) is None:
+            raise
         # the sources a stop request kept from starting get their row in the history too
         # (interrupted, or skipped as a run would have): `status` showed their last ok
         started = {source.name for source in report.sources}
@@ -377,9 +382,12 @@ def _serve_and_publish(
     return code
 
 
-def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, ExitCode]:
+def transform(
+    database: Path, full_rebuild: bool = False, wait: float = 0.0
+) -> tuple[RunReport, ExitCode]:
     """Build analytics from the raw data already loaded, without calling any API (in full with
-    `full_rebuild`), and publish and record it as a run's end does (`_close`)."""
+    `full_rebuild`), and publish and record it as a run's end does (`_close`); `wait`: seconds
+    to wait for a run holding the warehouse (`--wait-for-lock`)."""
     report = RunReport(database=database)
     warehouse.check_writable(database)
     check_outputs(database)
@@ -389,7 +397,7 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
             f"{warehouse.SETTING}."
         )
     code = ExitCode.OK
-    with warehouse.lock(database):
+    with warehouse.lock(database, wait=wait):
         _refuse_serving_file(database)
         try:
             _check_no_refresh_in_flight(Job(database=database).pipelines_dir)
@@ -397,9 +405,12 @@ def transform(database: Path, full_rebuild: bool = False) -> tuple[RunReport, Ex
         except TransformFailed as exc:
             report.transform_error, report.transform_exit_code = str(exc), int(exc.exit_code)
             code = exc.exit_code
-        except interrupt.Interrupted as stop:  # recorded as a run's interruption is
+        except BaseException as stop:  # recorded as a run's interruption is
+            signal_code = _stopped(stop)
+            if signal_code is None:
+                raise
             report.finished = time.monotonic()
-            _close(database, report, stop.exit_code, signal_code=stop.exit_code)
+            _close(database, report, signal_code, signal_code=signal_code)
             raise
         report.finished = time.monotonic()
         # as a run's end: the analytics row and each destination's in the history, the
@@ -433,7 +444,12 @@ def check_outputs(database: Path) -> None:
     """`ConfigError` for a serving-file path or publish setting that would fail at the night's
     end, found before anything loads: afterwards it cost the whole night, with exit 10 blaming
     the destination's credentials, or exit 2 after the loads."""
-    serve.serve_path(database)
+    target = serve.serve_path(database)
+    if not target.parent.is_dir():  # the commonest slip of that setting
+        raise ConfigError(
+            f"The serving file cannot be written (folder {target.parent} does not exist): fix "
+            f"{serve.SETTING}."
+        )
     publish.target_schema()
     for name in publish.destinations():
         _check_credentials(name)
@@ -462,6 +478,17 @@ def _check_credentials(name: str) -> None:
             ) from None
     except Exception:  # noqa: BLE001 - dlt's own checks of the rest run when publishing
         return
+
+
+def _stopped(exc: BaseException) -> int | None:
+    """The exit code of a stop request, or None for a failure: our signal handlers' stop, or
+    another framework's (Dagster turns SIGTERM into its own BaseException; Ctrl-C without our
+    handlers is KeyboardInterrupt), so a stopped launch gets its `interrupted` history rows."""
+    if isinstance(exc, interrupt.Interrupted):
+        return int(exc.exit_code)
+    if isinstance(exc, Exception | SystemExit | GeneratorExit):
+        return None
+    return 130
 
 
 def _worst(codes: Sequence[ExitCode]) -> ExitCode:

@@ -69,6 +69,10 @@ def check_writable(database: Path) -> None:
         problem = f"folder {where} does not exist"
     elif not os.access(where, os.W_OK) or (database.exists() and not os.access(database, os.W_OK)):
         problem = f"{database} is not writable"
+    elif "'" in str(where) or "'" in database.stem:
+        # dlt's DuckDB loader quotes the load files' paths (beside the warehouse) without
+        # escaping them: every night failed with exit 8 and a parser's `^^^^`
+        problem = f"{database}: dlt cannot load files from a path holding an apostrophe (')"
     if problem:
         raise ConfigError(f"The warehouse cannot be written ({problem}): fix {SETTING}.")
 
@@ -92,7 +96,10 @@ def connect(database: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _open(database: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(database))
+    try:
+        con = duckdb.connect(str(database))
+    except duckdb.IOException as exc:  # on a first run, a program may open the new file
+        raise _refused(database, exc) from None
     limit = str(duckdb_config()["memory_limit"]).replace("'", "")
     con.execute(f"set global memory_limit = '{limit}'")
     return con
@@ -106,17 +113,24 @@ def _hold(database: Path) -> None:
         return
     try:
         _held[database] = _open(database)
-    except duckdb.IOException as exc:
+    except (ConfigError, LoadFailed):
         del _held[database]
-        if "lock" not in str(exc).lower():  # not a holder: the file itself is wrong
-            raise ConfigError(
-                f"The warehouse {database} cannot be opened ({str(exc).strip().splitlines()[0]}"
-                f"): restore it from a copy or fix {SETTING}."
-            ) from None
-        raise LoadFailed(
-            f"The warehouse {database} is open in another program (a DuckDB shell or BI tool "
-            "holding it for writing); close it and run again. Nothing was changed."
-        ) from None
+        raise
+
+
+def _refused(database: Path, exc: duckdb.IOException) -> ConfigError | LoadFailed:
+    """The sentence for a warehouse DuckDB would not open: held by another program (exit 8),
+    or not a DuckDB file at all (exit 2)."""
+    if "lock" not in str(exc).lower():  # not a holder: the file itself is wrong
+        return ConfigError(
+            f"The warehouse {database} cannot be opened ({str(exc).strip().splitlines()[0]}"
+            f"): restore it from a copy or fix {SETTING}."
+        )
+    return LoadFailed(
+        f"The warehouse {database} is open in another program (a DuckDB shell, notebook or BI "
+        "tool, even read-only: readers belong on the serving file); close it and run again. "
+        "Nothing was changed."
+    )
 
 
 def _release(database: Path) -> None:

@@ -220,6 +220,7 @@ def test_a_failed_load_job_is_named_by_its_cause() -> None:
         ("PRACTICE_SYNC__SERVE_PATH", "warehouse.duckdb", "must not be the warehouse file itself"),
         ("PRACTICE_SYNC__PUBLISH", '["no_such_destination"]', "not a dlt destination"),
         ("PRACTICE_SYNC__PUBLISH", '["postgres"]', "DESTINATION__POSTGRES__CREDENTIALS"),
+        ("PRACTICE_SYNC__SERVE_PATH", "no such folder/served.duckdb", "does not exist"),
     ],
 )
 def test_an_output_setting_that_cannot_work_is_refused_before_anything_loads(
@@ -227,7 +228,9 @@ def test_an_output_setting_that_cannot_work_is_refused_before_anything_loads(
 ) -> None:
     """These were checked only when the night's loads and build were done: exit 10 blaming the
     destination's credentials every night, or exit 2 after the whole load."""
-    env.vars[name] = str(env.database) if name == "PRACTICE_SYNC__SERVE_PATH" else value
+    if value == "warehouse.duckdb":
+        value = str(env.database)
+    env.vars[name] = value
     result = env.run("run", "--source", "bizstim")
     assert result.code == 2, result.stderr
     assert_one_sentence(result.stderr, fragment)
@@ -285,3 +288,58 @@ def test_publish_credentials_under_the_publish_pipelines_own_name_count(env: Env
     result = env.run("run", "--source", "bizstim")
     assert result.code == 10, result.stderr
     assert "could not be published to postgres" in result.stderr
+
+
+def test_a_warehouse_path_with_an_apostrophe_is_refused_before_anything_loads(
+    env: Env, tmp_path: Path
+) -> None:
+    """dlt's DuckDB loader pastes the load files' paths into SQL unescaped: under
+    "O'Brien clinic" every night failed with exit 8 and the sentence "(^^^^^)"."""
+    folder = tmp_path / "O'Brien clinic"
+    folder.mkdir()
+    env.vars["DESTINATION__DUCKDB__CREDENTIALS"] = str(folder / "warehouse.duckdb")
+    result = env.run("run")
+    assert result.code == 2, result.stderr
+    assert_one_sentence(result.stderr, "holding an apostrophe", "DESTINATION__DUCKDB__CREDENTIALS")
+    assert not (folder / "warehouse.duckdb").exists()
+
+
+def test_a_program_opening_a_first_runs_new_warehouse_is_named_not_a_bug(tmp_path: Path) -> None:
+    """Nothing holds a warehouse a first run has not made yet: a reader that opened it between
+    dlt's connections made the next open raise DuckDB's own error (exit 1, "report the
+    output"), where the README promises exit 8."""
+    from practice_sync import warehouse
+    from practice_sync.errors import ExitCode, LoadFailed
+
+    database = tmp_path / "w.duckdb"
+    holder = spawn(
+        [sys.executable, "-c",
+         "import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(60)", str(database)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LoadFailed) as refused:
+            warehouse.connect(database)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert refused.value.exit_code == ExitCode.LOAD_FAILED
+    assert "is open in another program" in str(refused.value)
+
+
+def test_transform_waits_for_the_lock_when_asked(loaded: Env) -> None:
+    """`--wait-for-lock` was `run`'s alone, while the refusal told `transform` to use it."""
+    lock = loaded.database.with_name(loaded.database.name + ".lock")
+    held = open(lock, "a+")  # noqa: SIM115
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(1.5, held.close).start()  # the other run ends
+    result = loaded.run("transform", "--wait-for-lock", "30s")
+    assert result.code == 0, result.stderr
+    refused = open(lock, "a+")  # noqa: SIM115
+    fcntl.flock(refused, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert loaded.run("transform").code == 6
+    finally:
+        refused.close()

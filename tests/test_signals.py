@@ -196,3 +196,31 @@ def test_an_interrupted_transform_is_recorded_in_the_history(
     assert env.query(
         "select source, outcome, exit_code from ops.run_history order by finished_at desc limit 1"
     ) == [("analytics", "interrupted", 143)]
+
+
+@pytest.mark.parametrize("command", ["run", "transform"])
+def test_a_stop_raised_by_another_framework_is_recorded_as_interrupted(
+    env: Env, first_run, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Dagster turns SIGTERM into its own BaseException (and Ctrl-C without our handlers is
+    KeyboardInterrupt): a stopped launch wrote no history row, where the CLI writes
+    `interrupted` ones, so `status` went on showing the night before."""
+    from practice_sync import pipeline
+
+    assert first_run("run").code == 0
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(env.database))
+
+    def stopped(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_load_and_transform", stopped)
+    monkeypatch.setattr(pipeline, "_transform_into", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        if command == "run":
+            pipeline.run(pipeline.Job(database=env.database))
+        else:
+            pipeline.transform(env.database)
+    assert env.query(
+        "select source, outcome, exit_code from ops.run_history "
+        "where finished_at = (select max(finished_at) from ops.run_history) order by source"
+    )[0] == ("analytics", "interrupted", 130)
