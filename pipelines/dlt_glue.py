@@ -263,7 +263,10 @@ def write_cause(error: BaseException) -> str:
     failure message was: Traceback (most recent call last):", the cause's last line is what a
     person can act on ("No space left on device")."""
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror  # "No space left on device", without the file's path
+        # a full disk is the disk's, whichever file: "No space left on device"; anything else
+        # names its file ("Permission denied: …"), or the person would not know where to look
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT) or not error.filename
+        return error.strerror if full else f"{error.strerror}: {error.filename}"
     message = str(getattr(error, "failed_message", "") or "")
     # not a parser's `^^^^^` marker under the statement it points into
     lines = [line.strip() for line in message.splitlines() if line.strip(" ^\t")]

@@ -211,6 +211,11 @@ def test_a_failed_load_job_is_named_by_its_cause() -> None:
         "duckdb.duckdb.IOException: IO Error: Could not write file: No space left on device"
     )
     assert dlt_glue.write_cause(OSError("disk gone")) == "disk gone"
+    # any other OSError names its file: "Permission denied" alone said nowhere to look
+    denied = PermissionError(13, "Permission denied", "/srv/warehouse/.practice_sync/x/load")
+    assert dlt_glue.write_cause(denied) == (
+        "Permission denied: /srv/warehouse/.practice_sync/x/load"
+    )
 
 
 @pytest.mark.parametrize(
