@@ -26,6 +26,8 @@ from dlt.common.storages.exceptions import CurrentLoadPackageStateNotAvailable
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 
+from practice_sync.errors import find_cause
+
 # dlt settings the job depends on, whatever folder it is started from (a user's own value wins):
 # the raw layer keeps each row's load id, finished load files are not kept forever, and the
 # staging copy of a night's sweep does not linger in the warehouse
@@ -293,19 +295,7 @@ def failed_write(exc: BaseException) -> BaseException | None:
 
 def disk_full(exc: BaseException) -> OSError | None:
     """The `OSError` for a full disk or quota anywhere in `exc`'s causes, if there is one."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return current
-        inner = getattr(current, "exception", None)
-        todo += [current.__cause__, current.__context__]
-        todo += [inner] if isinstance(inner, BaseException) else []
-    return None
+    return find_cause(exc, OSError, lambda error: error.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 class _LoadJobCollector(NullCollector):

@@ -6,6 +6,7 @@ names the source and the setting to fix, and never carries a URL with keys in it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import TypeVar
 
@@ -111,12 +112,15 @@ class LoadFailed(PracticeSyncError):
 E = TypeVar("E", bound=BaseException)
 
 
-def find_cause(exc: BaseException, kind: type[E]) -> E | None:
-    """The first `kind` in `exc`'s chain of causes, including dlt's `.exception` wrapping."""
+def find_cause(
+    exc: BaseException, kind: type[E], where: Callable[[E], bool] | None = None
+) -> E | None:
+    """The first `kind` in `exc`'s chain of causes, including dlt's `.exception` wrapping (and,
+    with `where`, the first for which it holds)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
+        if isinstance(current, kind) and (where is None or where(current)):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__ or getattr(current, "exception", None)

@@ -220,11 +220,7 @@ def run(job: Job) -> tuple[RunReport, ExitCode]:
         try:
             code = _load_and_transform(job, report)
         except BaseException as stop:
-            signal_code = _stopped(stop)
-            if signal_code is None:
-                raise
-            report.finished = time.monotonic()
-            _close(job.database, report, signal_code, signal_code=signal_code)
+            _record_stop(job.database, report, stop)
             raise
         report.finished = time.monotonic()
         code = _close(job.database, report, code)
@@ -406,11 +402,7 @@ def transform(
             report.transform_error, report.transform_exit_code = str(exc), int(exc.exit_code)
             code = exc.exit_code
         except BaseException as stop:  # recorded as a run's interruption is
-            signal_code = _stopped(stop)
-            if signal_code is None:
-                raise
-            report.finished = time.monotonic()
-            _close(database, report, signal_code, signal_code=signal_code)
+            _record_stop(database, report, stop)
             raise
         report.finished = time.monotonic()
         # as a run's end: the analytics row and each destination's in the history, the
@@ -478,6 +470,15 @@ def _check_credentials(name: str) -> None:
             ) from None
     except Exception:  # noqa: BLE001 - dlt's own checks of the rest run when publishing
         return
+
+
+def _record_stop(database: Path, report: RunReport, exc: BaseException) -> None:
+    """A stop request ends the run recorded as interrupted (history rows, no serving file);
+    a failure passes unrecorded. The caller re-raises either way."""
+    signal_code = _stopped(exc)
+    if signal_code is not None:
+        report.finished = time.monotonic()
+        _close(database, report, signal_code, signal_code=signal_code)
 
 
 def _stopped(exc: BaseException) -> int | None:

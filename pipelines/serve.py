@@ -118,7 +118,11 @@ def _served(con: duckdb.DuckDBPyConnection, target: Path) -> str | None:
     if not warehouse.table_exists(con, incremental.STATE, "served"):
         return None
     # a file marked before the policy was recorded with it: written in full once
-    kept = "privacy" if _has_privacy_column(con) else "'unknown'"
+    kept = (
+        "privacy"
+        if warehouse.has_column(con, incremental.STATE, "served", "privacy")
+        else "'unknown'"
+    )
     row = con.execute(
         f"select build_id, size, mtime_ns, {kept} from {incremental.STATE}.served where path = ?",
         [str(target)],
@@ -151,15 +155,6 @@ def _mark(con: duckdb.DuckDBPyConnection, target: Path, build: str | None) -> No
         "values (?, ?, ?, ?, ?)",
         [str(target), build, stat.st_size, stat.st_mtime_ns, _privacy(con)],
     )
-
-
-def _has_privacy_column(con: duckdb.DuckDBPyConnection) -> bool:
-    rows = con.execute(
-        "select 1 from duckdb_columns() where database_name = current_database() "
-        "and schema_name = ? and table_name = 'served' and column_name = 'privacy'",
-        [incremental.STATE],
-    ).fetchall()
-    return bool(rows)
 
 
 def _privacy(con: duckdb.DuckDBPyConnection) -> str:

@@ -292,7 +292,7 @@ def current_versions(database: Path, dataset: str, table: str, key: str) -> Curr
         return CurrentVersions()
     name = f'"{dataset}"."{table}"'
     with _read_only(database) as con:
-        if not _has_column(con, dataset, table, ACCOUNT_COLUMN):
+        if not has_column(con, dataset, table, ACCOUNT_COLUMN):
             return CurrentVersions()
         found = con.sql(
             f'with now as (select "{key}"::varchar as k, _dlt_id::varchar as h from {name} '
@@ -310,7 +310,7 @@ def current_versions(database: Path, dataset: str, table: str, key: str) -> Curr
     )
 
 
-def _has_column(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> bool:
+def has_column(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> bool:
     """Whether the table exists and has the column (False when there is no such table)."""
     rows = con.execute(
         "select count(*) from duckdb_columns() where database_name = current_database() "
