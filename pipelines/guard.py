@@ -414,7 +414,19 @@ def leave_out_current(table: pa.Table, key: str, folder: str) -> tuple[pa.Table,
     names = table.column_names
     if not table.num_rows or VANISHED in names or ROW_HASH not in names or key not in names:
         return None
-    hashes = table[ROW_HASH].combine_chunks()
+    found = current_positions(table[ROW_HASH].combine_chunks(), folder)
+    if found is None:
+        return None
+    hit, position = found
+    unchanged = hit & table[key].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+    # the kept rows by position: on a night, a handful of a page's rows (a mask filter walks
+    # every column's every value)
+    return table.take(np.flatnonzero(~unchanged)), np.asarray(position[hit])
+
+
+def current_positions(hashes: pa.Array, folder: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per row hash, whether it is a held current one, and the held position it matched (read
+    only where it did); None for hashes that are not ours. Worker side of `Prefilter`."""
     prefixes = hash_prefixes(hashes)
     if prefixes is None:
         return None
@@ -428,11 +440,7 @@ def leave_out_current(table: pa.Table, key: str, folder: str) -> tuple[pa.Table,
         )
     sorted_prefixes, order, held = _loaded[folder]
     position, same = _probe(sorted_prefixes, order, prefixes)
-    hit = same & (held[position] == _fixed_hashes(hashes))
-    unchanged = hit & table[key].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
-    # the kept rows by position: on a night, a handful of a page's rows (a mask filter walks
-    # every column's every value)
-    return table.take(np.flatnonzero(~unchanged)), np.asarray(position[hit])
+    return same & (held[position] == _fixed_hashes(hashes)), position
 
 
 def canonical_ints(ids: pa.Array | pa.ChunkedArray) -> np.ndarray | None:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from practice_sync.http import BadBody, JsonResponse, parse_json
-from practice_sync.rows import rows_to_table
+from practice_sync.rows import plain_row_hashes, plain_table, rows_to_table
 
 if TYPE_CHECKING:
     from practice_sync.privacy import Policy
@@ -85,6 +86,10 @@ def decode_page(
     left out here, where they cost least."""
     response = parse_json(body)
     check_page(response.data)
+    if held is not None and not policy and not response.replaced_utf8:
+        quick = _leave_out_plain(shape, start, response.data, held)
+        if quick is not None:
+            return quick
     page = _to_page(shape, start, response, policy)
     if held is not None:
         from practice_sync import guard  # only a worker that filters needs it
@@ -98,27 +103,86 @@ def decode_page(
     return page
 
 
+def _leave_out_plain(
+    shape: PageShape, start: int, data: dict[str, Any], held: tuple[str, str]
+) -> Page | None:
+    """`decode_page` with `held`, converting only what may reach dlt: the plain rows
+    (`rows.plain_row_hashes`) whose hash is current are left out as parsed, the rest converted
+    and filtered as before. The same page as the full way, at about half its cost on a night;
+    None where the full way must run (a page of the overlap row alone, hashes not ours)."""
+    from practice_sync import guard  # only a worker that filters needs it
+
+    key, folder = held
+    rows = data["response"]
+    after = rows[1:]  # the overlap row, converted on the page before
+    if not after or key not in shape.required:  # a plain row then always has its key
+        return None
+    constants = _constants(shape, data)
+    quick = plain_row_hashes(after, shape.fields, shape.required, constants)
+    plain = np.fromiter((digest is not None for digest in quick), dtype=bool, count=len(quick))
+    plain_at = np.flatnonzero(plain)
+    left_out, matched = plain_at[:0], np.zeros(0, dtype=np.int64)
+    if len(plain_at):
+        found = guard.current_positions(pc.drop_null(pa.array(quick, pa.string())), folder)
+        if found is None:
+            return None
+        hit, position = found
+        left_out, matched = plain_at[hit], np.asarray(position[hit])
+    kept = np.ones(len(after), dtype=bool)
+    kept[left_out] = False
+    rest = np.flatnonzero(kept).tolist()
+    rest_rows = [after[i] for i in rest]
+    all_plain = bool(plain[rest].all())
+    if all_plain:  # changed and new plain rows: their hashes are known, none is current
+        table = plain_table(rest_rows, shape.fields, constants, [quick[i] for i in rest])
+    else:
+        table = rows_to_table(
+            rest_rows, shape.fields, entity=shape.entity, required=shape.required,
+            constants=constants,
+        )  # fmt: skip
+    row_ids: list[Any] = [None] * len(after)
+    for i in left_out.tolist():
+        row_ids[i] = after[i][key]
+    for i, value in zip(rest, table[key].to_pylist(), strict=True):
+        row_ids[i] = value
+    if table.num_rows and not all_plain:  # a row of the rest may be current: filter as before
+        left = guard.leave_out_current(table, key, folder)
+        if left is None:
+            return None
+        table, more = left
+        matched = np.concatenate([matched, more])
+    ids = _ids(rows)
+    return Page(start, int(data["total"]), ids, table, pa.array(row_ids, pa.string()), matched)
+
+
 def _to_page(shape: PageShape, start: int, response: JsonResponse, policy: Policy | None) -> Page:
     data = response.data
     rows = data["response"]
-    timezone = data.get(shape.timezone_column)
-    timezone = timezone if isinstance(timezone, str) else None
     table = rows_to_table(
         rows,
         shape.fields,
         entity=shape.entity,
         required=shape.required,
-        constants={shape.timezone_column: timezone},
+        constants=_constants(shape, data),
         check_replacement=response.replaced_utf8,
         policy=policy,
     )
-    # a row without an id still loads (and is reported); in the overlap check it stands for
-    # itself by its content, which is the same on both pages it ends and starts
-    ids = [
+    return Page(start, int(data["total"]), _ids(rows), table)
+
+
+def _constants(shape: PageShape, data: dict[str, Any]) -> dict[str, str | None]:
+    """The envelope's values stored on every row: the account's zone."""
+    timezone = data.get(shape.timezone_column)
+    return {shape.timezone_column: timezone if isinstance(timezone, str) else None}
+
+
+def _ids(rows: list[Any]) -> list[str]:
+    """Every row's id for the overlap check. A row without an id still loads (and is
+    reported); it stands for itself by its content, the same on both pages it ends and starts."""
+    return [
         str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else _stand_in(row)
         for row in rows
     ]
-    return Page(start, int(data["total"]), ids, table)
 
 
 def _stand_in(row: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,167 @@ def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
         ],
         type=pa.string(),
     )
+
+
+def plain_row_hashes(
+    rows: Sequence[Any],
+    documented: Sequence[str],
+    required: Iterable[str],
+    constants: Mapping[str, str | None],
+) -> list[str | None]:
+    """Per row, the hash `rows_to_table` gives it, computed from the parsed row without Arrow,
+    where the row is plain: an object of documented fields only, with every required one, each
+    value text (or null outside `required`), none long. None for any other row, which must take
+    the full way (its issues, renamed or extra columns enter its hash).
+
+    A night's unchanged rows are left out by this hash before anything is converted
+    (`page_worker.decode_page`): the Arrow conversion, the issue checks and the column-wise hash
+    were two thirds of a page's decoding. `test_rows` checks it against `row_hashes`.
+    """
+    tail = "".join(f"\x1f{_or_null(v)}" for v in constants.values()) + "\x1f\x00"  # issues
+    needed = tuple(required)
+    by_keys: dict[tuple[str, ...], _Plan | None] = {}
+    by_size: dict[int, _Plan] = {}  # a page's rows mostly share one set of keys
+    blake = hashlib.blake2b
+    out: list[str | None] = []
+    for row in rows:
+        text = None
+        if type(row) is dict:
+            plan = by_size.get(len(row))
+            try:
+                text = plan.text(row) if plan else None
+            except KeyError:  # as many keys as the plan's, other ones
+                plan = None
+            if plan is None:
+                keys = tuple(row)
+                if keys not in by_keys:
+                    by_keys[keys] = _Plan.of(keys, documented, needed)
+                plan = by_keys[keys]
+                if plan:
+                    by_size.setdefault(len(row), plan)
+                    text = plan.text(row)
+        if text is None or len(text) > LONG_VALUE:
+            out.append(None)
+            continue
+        try:
+            out.append(blake((text + tail).encode(), digest_size=16).hexdigest())
+        except UnicodeEncodeError:  # a lone surrogate: the full way replaces and reports it
+            out.append(None)
+    return out
+
+
+def plain_table(
+    rows: Sequence[dict[str, Any]],
+    documented: Sequence[str],
+    constants: Mapping[str, str | None],
+    hashes: Sequence[str | None],
+) -> pa.Table:
+    """`rows_to_table` of plain rows whose `plain_row_hashes` are known: the same table, without
+    the issue checks and the column-wise hash that have nothing to add for such rows."""
+    count = len(rows)
+    columns = pa.array(rows, type=_text_struct(tuple(documented))).flatten()
+    return pa.Table.from_arrays(
+        [
+            *columns,
+            *(pa.array([value] * count, pa.string()) for value in constants.values()),
+            pa.nulls(count, pa.string()),
+            pa.array(hashes, pa.string()),
+        ],
+        schema=_plain_schema(tuple(documented), tuple(constants)),
+    )
+
+
+@functools.cache
+def _plain_schema(documented: tuple[str, ...], constants: tuple[str, ...]) -> pa.Schema:
+    fields = [pa.field(name, pa.string()) for name in (*documented, *constants, INGEST_ISSUES)]
+    return pa.schema([*fields, pa.field(ROW_HASH, pa.string(), nullable=False)])
+
+
+def _or_null(value: str | None) -> str:
+    return "\x00" if value is None else value
+
+
+class _Plan:
+    """How to join the values of rows with one set of keys in documented order, `\x00` for a
+    field absent or null, as `row_hashes` does (`plain_row_hashes`)."""
+
+    def __init__(self, documented: Sequence[str], have: set[str], required: Sequence[str]):
+        self._documented = documented
+        self._required = required
+        # runs of present fields, each read by one C-level itemgetter, and the absent fields
+        # before, between and after them (`\x00` each, as a null)
+        runs: list[list[str]] = []
+        gaps = [0]
+        present = False
+        for name in documented:
+            if name in have:
+                if not present:
+                    runs.append([])
+                runs[-1].append(name)
+            else:
+                if present:
+                    gaps.append(0)
+                gaps[-1] += 1
+            present = name in have
+        if present:
+            gaps.append(0)
+        middles = ["\x1f" + "\x00\x1f" * gap for gap in gaps[1:-1]]
+        glues = ["\x00\x1f" * gaps[0], *middles, "\x1f\x00" * gaps[-1]]
+        self._getters = [_getter(run) for run in runs]
+        self.join = _joiner(self._getters, glues)
+
+    @classmethod
+    def of(
+        cls, keys: tuple[str, ...], documented: Sequence[str], required: Sequence[str]
+    ) -> _Plan | None:
+        """None when a key is undocumented or a required one missing (such rows carry extra
+        columns or issues)."""
+        have = set(keys)
+        if not have or not have <= set(documented) or not set(required) <= have:
+            return None
+        return cls(documented, have, required)
+
+    def text(self, row: dict[str, Any]) -> str | None:
+        """The row's values joined; None for a required value null or a value not text.
+        Raises KeyError for a row without one of the plan's keys."""
+        try:
+            return self.join(row)
+        except TypeError:  # a null, or a value that is not text
+            for get in self._getters:
+                get(row)  # the KeyError of a row of other keys comes first
+            if any(row[name] is None for name in self._required):
+                return None
+            values = [row.get(name) for name in self._documented]
+            if not all(v is None or type(v) is str for v in values):
+                return None
+            return "\x1f".join(["\x00" if v is None else v for v in values])
+
+
+Getter = Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+def _getter(names: list[str]) -> Getter:
+    """An itemgetter that returns a tuple for one name too."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    name = names[0]
+    return lambda row: (row[name],)
+
+
+def _joiner(getters: list[Getter], glues: list[str]) -> Callable[[dict[str, Any]], str]:
+    """`glues[0] + run 1 + glues[1] + run 2 ... + glues[-1]`, each run's values joined by the
+    separator; the usual one or two runs (one field absent) without a loop in Python."""
+    join = "\x1f".join
+    if len(getters) == 1 and glues == ["", ""]:
+        (one,) = getters
+        return lambda row: join(one(row))
+    if len(getters) == 2 and glues[0] == glues[2] == "":
+        first, second = getters
+        middle = glues[1]
+        return lambda row: join(first(row)) + middle + join(second(row))
+    pairs = list(zip(glues, getters, strict=False))
+    last = glues[-1]
+    return lambda row: "".join([glue + join(get(row)) for glue, get in pairs]) + last
 
 
 def rows_to_table(

@@ -410,6 +410,76 @@ def test_workers_leave_out_exactly_the_rows_keep_would_and_mark_the_same_version
     assert prefilter.path() is None  # closed: a late page is sent whole
 
 
+def test_a_worker_leaves_out_plain_rows_as_parsed_with_the_same_outcome_as_converting_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`page_worker.decode_page` leaves out a night's unchanged plain rows before converting
+    anything (`rows.plain_row_hashes`): the page it sends back (rows, ids, the held versions
+    repeated) must be the one converting every row and filtering it makes, whatever the rows."""
+    from concurrent.futures import Future
+
+    from practice_sync import page_worker
+
+    shape = page_worker.PageShape(("id", "start", "name"), ("id", "start"), "timezone", "thing")
+    held_rows = [
+        {"id": "1", "start": "09:00", "name": "Ann"},
+        {"name": "Bo", "id": "2", "start": "09:00"},
+        {"id": "3", "start": "09:00"},
+        {"id": "4", "start": "09:00", "name": None},
+        {"id": "5", "start": "09:00", "name": "x" * 100_001},  # long: reported, then held
+        {"id": "6", "start": None},  # a required value null: reported, then held
+        {"id": "7", "start": "09:00", "room": "B"},  # an extra column
+        {"start": "09:00", "name": "no id"},  # no id: held, never left out
+        {"id": 9, "start": "09:00"},  # a number: reported, then held
+    ]
+    night = [
+        {"id": "0", "start": "08:00"},  # the overlap row, converted on the page before
+        *held_rows,
+        {"id": "1", "start": "09:30", "name": "Ann"},  # changed
+        {"id": "10", "start": "09:00"},  # new
+        ["not an object"],
+        {"id": "2", "start": "09:00", "name": "Bo"},  # held content, listed twice
+        {"id": "3", "start": "09:00", "room": "C"},  # held content and a new field
+    ]
+
+    def body(rows: list[Any], zone: str | None = "Europe/Paris") -> bytes:
+        return json.dumps({"total": 99, "timezone": zone, "response": rows}).encode()
+
+    held_table = page_worker.decode_page(shape, 0, body([{}, *held_rows])).table.slice(1)
+    versions = context.CurrentVersions(
+        keys=held_table["id"].combine_chunks(), hashes=held_table[ROW_HASH].combine_chunks()
+    )
+    prefilter = guard.Prefilter("id")
+    done: Future[guard.Changes] = Future()
+    done.set_result(guard.Changes("id", versions))
+    prefilter.offer(done)
+    folder = prefilter.path()
+    assert folder is not None
+    try:
+        changed_only = [night[0], held_rows[0], *night[-6:-4], held_rows[2]]  # plain rows
+        cases = [(night, "Europe/Paris"), (night, None), (night[:1], "UTC"), (changed_only, "UTC")]
+        cases += [(changed_only, "Europe/Paris"), ([night[0], held_rows[3]], "Europe/Paris")]
+        for rows, zone in cases:
+            quick = page_worker.decode_page(shape, 5, body(rows, zone), held=("id", folder))
+            with monkeypatch.context() as m:
+                m.setattr(page_worker, "_leave_out_plain", lambda *args: None)
+                full = page_worker.decode_page(shape, 5, body(rows, zone), held=("id", folder))
+            assert quick.table.to_pylist() == full.table.to_pylist()
+            assert quick.table.schema == full.table.schema
+            assert (quick.start, quick.total, quick.ids) == (full.start, full.total, full.ids)
+            if full.row_ids is None:
+                assert quick.row_ids is None
+                continue
+            assert quick.row_ids is not None and full.matched is not None
+            assert quick.row_ids.to_pylist() == full.row_ids.to_pylist()
+            assert sorted(quick.matched.tolist()) == sorted(full.matched.tolist())
+            if rows is night and zone == "Europe/Paris":  # sent: 8 (no id), 1 changed, 10 new, the non-object
+                assert quick.table["id"].to_pylist() == [None, "1", "10", None, "3"]
+                assert len(full.matched) == 10  # every held row, "2" twice
+    finally:
+        prefilter.close()
+
+
 def test_workers_send_every_row_where_keep_must_decide() -> None:
     """No index (not our hashes), a tombstone table or a table without the key: the worker
     sends the page as it is, and `keep` decides as before."""

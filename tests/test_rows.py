@@ -8,7 +8,14 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from practice_sync.rows import INGEST_ISSUES, LONG_VALUE, ROW_HASH, row_hashes, rows_to_table
+from practice_sync.rows import (
+    INGEST_ISSUES,
+    LONG_VALUE,
+    ROW_HASH,
+    plain_row_hashes,
+    row_hashes,
+    rows_to_table,
+)
 
 FIELDS = ["id", "start", "name"]
 
@@ -195,3 +202,66 @@ def test_an_extra_column_with_a_value_changes_the_hash() -> None:
 
 def test_an_all_null_extra_column_does_not_change_the_hash() -> None:
     assert hashes({**BASE, "room": [None, None]}) == hashes(BASE)
+
+
+# every kind of row a page can bring: plain ones (all fields, some absent, nulls outside the
+# required ones, key orders) and every kind that must take the full way
+KINDS: list[Any] = [
+    {"id": "1", "start": "09:00", "name": "Ann"},
+    {"name": "Ann", "id": "1", "start": "09:00"},  # another key order, the same row
+    {"id": "2", "start": "09:00"},  # a documented field absent
+    {"id": "3", "start": "09:00", "name": None},  # null outside the required fields
+    {"id": "4", "start": "", "name": "x\x1fy"},  # empty text; the separator inside a value
+    {"id": "5", "start": "09:00", "name": "Zoë 😀"},
+    {"id": "6", "start": "09:00", "name": "x" * (LONG_VALUE + 1)},  # reported: long
+    {"id": "7", "start": None, "name": "Ann"},  # a required value null
+    {"id": "8", "name": "Ann"},  # a required field missing
+    {"id": 9, "start": "09:00"},  # a number where text is promised
+    {"id": "10", "start": "09:00", "room": "B"},  # an undocumented field
+    {"id": "11", "start": "09:00", "timezone": "UTC"},  # a field named like a page constant
+    {"id": "12", "start": "09:00", "name": ["a"]},
+    ["not", "an", "object"],
+    {},
+    {"id": "13", "start": "09:00", "name": "\ud800"},  # a lone surrogate (parse_json replaces it)
+]
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", None])
+def test_plain_row_hashes_are_the_hashes_of_the_converted_rows_and_none_for_the_rest(
+    zone: str | None,
+) -> None:
+    """A night leaves unchanged rows out by `plain_row_hashes` before converting anything
+    (`page_worker.decode_page`): for every plain row it must give exactly the hash the row
+    converts to, and None for every row whose conversion adds issues or columns."""
+    constants = {"timezone": zone}
+    required = ["id", "start"]
+    quick = plain_row_hashes(KINDS, FIELDS, required, constants)
+    plain = [i for i, digest in enumerate(quick) if digest is not None]
+    assert plain == [0, 1, 2, 3, 4, 5]
+    for i in range(len(KINDS) - 1):
+        converted = rows_to_table(
+            [KINDS[i]], FIELDS, entity="session", required=required, constants=constants
+        )
+        if i in plain:
+            assert quick[i] == converted[ROW_HASH][0].as_py()
+            assert converted[INGEST_ISSUES][0].as_py() is None
+            assert converted.column_names == [*FIELDS, "timezone", INGEST_ISSUES, ROW_HASH]
+    assert quick[0] == quick[1] != quick[2]
+
+
+def test_plain_row_hashes_join_any_set_of_absent_fields_as_the_table_does() -> None:
+    """Absent fields before, between and after the present ones (each subset of five): the
+    hash as parsed equals the converted row's, also across rows of several key sets."""
+    documented = ["a", "b", "c", "d", "e"]
+    rows = [
+        {name: f"{name}{mask}" for i, name in enumerate(documented) if mask >> i & 1}
+        for mask in range(1, 32)
+    ]
+    rows += [{**row, "c": None} for row in rows if "c" in row]  # null as absent
+    quick = plain_row_hashes(rows, documented, [], {"zone": "UTC"})
+    converted = rows_to_table(rows, documented, entity="x", constants={"zone": "UTC"})
+    assert quick == converted[ROW_HASH].to_pylist()
+    assert len(set(quick)) == len(rows)
+    nulled = [{k: v for k, v in row.items() if k != "c"} for row in rows[31:]]
+    assert nulled[0] == {}  # not plain (no field at all): the full way, as any odd row
+    assert plain_row_hashes(nulled, documented, [], {"zone": "UTC"}) == [None, *quick[32:]]
