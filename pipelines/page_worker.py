@@ -108,7 +108,7 @@ def _leave_out_plain(
 ) -> Page | None:
     """`decode_page` with `held`, converting only what may reach dlt: the plain rows
     (`rows.plain_row_hashes`) whose hash is current are left out as parsed, the rest converted
-    and filtered as before. The same page as the full way, at about half its cost on a night;
+    and filtered as before. The same page as the full way, at ~70% of its cost on a night;
     None where the full way must run (a page of the overlap row alone, hashes not ours)."""
     from practice_sync import guard  # only a worker that filters needs it
 

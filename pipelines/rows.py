@@ -146,7 +146,7 @@ def plain_row_hashes(
 
     A night's unchanged rows are left out by this hash before anything is converted
     (`page_worker.decode_page`): the Arrow conversion, the issue checks and the column-wise hash
-    were two thirds of a page's decoding. `test_rows` checks it against `row_hashes`.
+    were over half of a page's decoding. `test_rows` checks it against `row_hashes`.
     """
     tail = "".join(f"\x1f{_or_null(v)}" for v in constants.values()) + "\x1f\x00"  # issues
     needed = tuple(required)
