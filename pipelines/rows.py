@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 ROW_HASH = "_dlt_id"
 INGEST_ISSUES = "_ingest_issues"
 REPLACEMENT_CHAR = "\ufffd"
+# the text a row hash is taken of: values joined by SEP, NULL for a null or absent one
+# (`row_hashes` column-wise, `plain_row_hashes` from the parsed row: the two must agree)
+SEP, NULL = "\x1f", "\x00"
 
 
 def to_text(value: Any) -> str | None:
@@ -116,12 +119,12 @@ def row_hashes(table: pa.Table, documented: Sequence[str]) -> pa.Array:
     parts = [table[name] if name in table.column_names else None for name in documented]
     parts = [p if p is not None else pa.nulls(table.num_rows, pa.string()) for p in parts]
     joined = pc.binary_join_element_wise(
-        *parts, "\x1f", null_handling="replace", null_replacement="\x00"
+        *parts, SEP, null_handling="replace", null_replacement=NULL
     )
     # an undocumented field adds `\x1fname\x1evalue` only where the row has it, so a row hashes
     # the same whether or not another row of its page carried that field
     for name in extras:
-        tagged = pc.binary_join_element_wise(f"\x1f{name}\x1e", table[name], "")
+        tagged = pc.binary_join_element_wise(f"{SEP}{name}\x1e", table[name], "")
         joined = pc.binary_join_element_wise(joined, pc.fill_null(tagged, ""), "")
     blake = hashlib.blake2b
     return pa.array(
@@ -148,7 +151,7 @@ def plain_row_hashes(
     (`page_worker.decode_page`): the Arrow conversion, the issue checks and the column-wise hash
     were over half of a page's decoding. `test_rows` checks it against `row_hashes`.
     """
-    tail = "".join(f"\x1f{_or_null(v)}" for v in constants.values()) + "\x1f\x00"  # issues
+    tail = "".join(SEP + _or_null(v) for v in constants.values()) + SEP + NULL  # no issues
     needed = tuple(required)
     by_keys: dict[tuple[str, ...], _Plan | None] = {}
     by_size: dict[int, _Plan] = {}  # a page's rows mostly share one set of keys
@@ -208,7 +211,7 @@ def _plain_schema(documented: tuple[str, ...], constants: tuple[str, ...]) -> pa
 
 
 def _or_null(value: str | None) -> str:
-    return "\x00" if value is None else value
+    return NULL if value is None else value
 
 
 class _Plan:
@@ -235,8 +238,8 @@ class _Plan:
             present = name in have
         if present:
             gaps.append(0)
-        middles = ["\x1f" + "\x00\x1f" * gap for gap in gaps[1:-1]]
-        glues = ["\x00\x1f" * gaps[0], *middles, "\x1f\x00" * gaps[-1]]
+        middles = [SEP + (NULL + SEP) * gap for gap in gaps[1:-1]]
+        glues = [(NULL + SEP) * gaps[0], *middles, (SEP + NULL) * gaps[-1]]
         self._getters = [_getter(run) for run in runs]
         self.join = _joiner(self._getters, glues)
 
@@ -264,7 +267,7 @@ class _Plan:
             values = [row.get(name) for name in self._documented]
             if not all(v is None or type(v) is str for v in values):
                 return None
-            return "\x1f".join(["\x00" if v is None else v for v in values])
+            return SEP.join([_or_null(v) for v in values])
 
 
 Getter = Callable[[dict[str, Any]], tuple[Any, ...]]
@@ -281,7 +284,7 @@ def _getter(names: list[str]) -> Getter:
 def _joiner(getters: list[Getter], glues: list[str]) -> Callable[[dict[str, Any]], str]:
     """`glues[0] + run 1 + glues[1] + run 2 ... + glues[-1]`, each run's values joined by the
     separator; the usual one or two runs (one field absent) without a loop in Python."""
-    join = "\x1f".join
+    join = SEP.join
     if len(getters) == 1 and glues == ["", ""]:
         (one,) = getters
         return lambda row: join(one(row))
