@@ -113,22 +113,36 @@ def apply_comments(con: duckdb.DuckDBPyConnection, table: Table) -> None:
         )
 
 
-def _key_failures(con: duckdb.DuckDBPyConnection, table: Table, only: str = "true") -> int:
-    """Rows whose key is duplicated, plus rows with a NULL in the key unless `key_nulls` allows;
-    among the rows `only` selects (an incremental build checks the keys it wrote)."""
+def _key_failures(con: duckdb.DuckDBPyConnection, table: Table, only: str, nulls: int) -> int:
+    """Rows whose key is duplicated, plus the `nulls` rows with a NULL in the key (counted with
+    the other tests, `_fatal_counts`); among the rows `only` selects (an incremental build
+    checks the keys it wrote)."""
     key = ", ".join(map(_ident, table.key))
-    known = " and ".join(f"{_ident(c)} is not null" for c in table.key)
-    source = f"analytics.{_ident(table.name)}"
     duplicates = con.execute(
-        f"select coalesce(sum(n), 0) from (select count(*) as n from {source} "
-        f"where {known} and {only} group by {key} having count(*) > 1)"
+        f"select coalesce(sum(n), 0) from (select count(*) as n from "
+        f"analytics.{_ident(table.name)} where {_known(table)} and {only} "
+        f"group by {key} having count(*) > 1)"
     ).fetchall()[0][0]
-    nulls = 0
-    if not table.key_nulls:
-        nulls = con.execute(
-            f"select count(*) from {source} where not ({known}) and {only}"
-        ).fetchall()[0][0]
-    return int(duplicates) + int(nulls)
+    return int(duplicates) + nulls
+
+
+def _known(table: Table) -> str:
+    """SQL: no column of the table's key is NULL."""
+    return " and ".join(f"{_ident(c)} is not null" for c in table.key)
+
+
+def _fatal_counts(
+    con: duckdb.DuckDBPyConnection, table: Table, conditions: Sequence[str], only: str
+) -> list[int]:
+    """The rows meeting each condition (on alias t) among those `only` selects, in one scan:
+    one query a test scanned the table once per test (~20 queries a night, ~0.04 s)."""
+    if not conditions:
+        return []
+    counts = ", ".join(f"count(*) filter (where {condition})" for condition in conditions)
+    row = con.execute(
+        f"select {counts} from analytics.{_ident(table.name)} t where {only}"
+    ).fetchall()[0]
+    return [int(count) for count in row]
 
 
 def failing_rows(
@@ -231,25 +245,7 @@ def run_data_tests(
     tables = [contract[name] for name in built if name in contract]
     parts = updated or {}
     for table in tables:
-        only = parts[table.name].condition if table.name in parts else "true"
-        if table.key and (failed := _key_failures(con, table, only)):
-            nulls = "" if table.key_nulls else " or NULL"
-            raise TransformFailed(
-                f"analytics.{table.name} failed its key test on {', '.join(table.key)} in "
-                f"{_rows(failed)} (duplicate{nulls} keys), {_KEPT}."
-            )
-        for test in table.tests:
-            where = failing_rows(test, built, contract, table.name)
-            if not test.fatal or where is None:
-                continue
-            failed = con.execute(
-                f"select count(*) from analytics.{_ident(table.name)} t where {where} and {only}"
-            ).fetchall()[0][0]
-            if failed:
-                raise TransformFailed(
-                    f"analytics.{table.name}.{test.column} failed its {test.describe()} test in "
-                    f"{_rows(failed)}, {_KEPT}."
-                )
+        _run_fatal_tests(con, table, built, contract, parts)
     reported = [
         (table, test, where)
         for table in tables
@@ -268,6 +264,44 @@ def run_data_tests(
         narrowed = _narrowed(test, table, built, contract, parts) if alone else None
         _report(con, table, test, where, narrowed, clear=finding not in cleared)
         cleared.add(finding)
+
+
+def _run_fatal_tests(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    built: Sequence[str],
+    contract: Mapping[str, Table],
+    parts: Mapping[str, Rewritten],
+) -> None:
+    """The key test, then each fatal test in order: the first failure raises. The NULL keys and
+    the tests on a row's own values are counted in one scan (`_fatal_counts`); a relationships
+    test (a lookup in another table) runs on its own, after the tests before it passed."""
+    only = parts[table.name].condition if table.name in parts else "true"
+    tests = [
+        (test, where)
+        for test in table.tests
+        if test.fatal and (where := failing_rows(test, built, contract, table.name)) is not None
+    ]
+    nulls = [f"not ({_known(table)})"] if table.key and not table.key_nulls else []
+    counts = _fatal_counts(con, table, nulls + [w for t, w in tests if not _alone(t)], only)
+    if table.key and (failed := _key_failures(con, table, only, counts.pop(0) if nulls else 0)):
+        kind = "" if table.key_nulls else " or NULL"
+        raise TransformFailed(
+            f"analytics.{table.name} failed its key test on {', '.join(table.key)} in "
+            f"{_rows(failed)} (duplicate{kind} keys), {_KEPT}."
+        )
+    for test, where in tests:
+        failed = _fatal_counts(con, table, [where], only)[0] if _alone(test) else counts.pop(0)
+        if failed:
+            raise TransformFailed(
+                f"analytics.{table.name}.{test.column} failed its {test.describe()} test in "
+                f"{_rows(failed)}, {_KEPT}."
+            )
+
+
+def _alone(test: DataTest) -> bool:
+    """A test counted on its own: a relationships test looks rows up in another table."""
+    return test.kind == "relationships"
 
 
 def _finding(table: Table, test: DataTest) -> tuple[str, str, str, str]:

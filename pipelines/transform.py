@@ -237,18 +237,21 @@ def _union_views(con: duckdb.DuckDBPyConnection, required: set[str]) -> set[str]
     build narrows it) and `all_raw_…`. Returns the required tables that exist in at least one
     account's dataset."""
     found: set[str] = set()
+    # every required table's datasets in one catalog query (one each cost ~8 ms a build)
+    datasets: dict[str, list[tuple[str, bool, bool]]] = {}
+    for table, schema, has_account, loaded_by_dlt in con.execute(
+        "select table_name, schema_name, bool_or(column_name = 'account'), "
+        "schema_name in (select schema_name from duckdb_tables() "
+        "    where database_name = current_database() and table_name = '_dlt_loads') "
+        "from duckdb_columns() where database_name = current_database() "
+        "and list_contains(?, table_name) group by all order by schema_name",
+        [sorted({name.rpartition(".")[2] for name in required})],
+    ).fetchall():
+        datasets.setdefault(table, []).append((schema, has_account, loaded_by_dlt))
     for qualified in sorted(required):
         source, _, table = qualified.rpartition(".")
-        rows = con.execute(
-            "select schema_name, bool_or(column_name = 'account'), "
-            "schema_name in (select schema_name from duckdb_tables() "
-            "    where database_name = current_database() and table_name = '_dlt_loads') "
-            "from duckdb_columns() where database_name = current_database() and table_name = ? "
-            "group by schema_name order by schema_name",
-            [table],
-        ).fetchall()
         parts: list[str] = []
-        for schema, has_account, loaded_by_dlt in rows:
+        for schema, has_account, loaded_by_dlt in datasets.get(table, []):
             account = accounts.account_of(source, schema, loaded_by_dlt)
             if account is None:
                 continue

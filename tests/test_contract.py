@@ -278,6 +278,59 @@ def test_an_accepted_values_test_is_fatal_and_names_the_values(con, tmp_path: Pa
     )
 
 
+def test_fatal_tests_fail_in_the_contracts_order_each_with_its_own_count(
+    con, tmp_path: Path
+) -> None:
+    """A table's key and value tests are counted in one scan: the first failing test in the
+    contract's order is named, with its own count, not a neighbour's."""
+    folder = copy_transforms(tmp_path)
+    edit(  # status (listed before valid_from) gets a value its accepted_values test refuses
+        folder / "staging" / "stg_bizstim__sessions.sql",
+        "when '3' then 'saved'",
+        "when '3' then 'SAVED'",
+    )
+    sessions(
+        con,
+        {"id": "1", "session_status": "3"},
+        {"id": "2", "session_status": "3"},
+        {"id": "3", "session_status": "0", "_dlt_valid_from": None},
+    )
+    with pytest.raises(TransformFailed) as failure:
+        run_transforms(con, folder)
+    assert str(failure.value).startswith(
+        "analytics.session_history.status failed its accepted_values (open, canceled, missed, saved) "
+        "test in 2 rows, "
+    ), failure.value
+    edit(folder / "staging" / "stg_bizstim__sessions.sql", "'SAVED'", "'saved'")
+    with pytest.raises(TransformFailed) as failure:
+        run_transforms(con, folder)
+    assert str(failure.value).startswith(
+        "analytics.session_history.valid_from failed its not_null test in 1 row, "
+    ), failure.value
+
+
+def test_a_relationships_test_of_severity_error_is_fatal(con, tmp_path: Path) -> None:
+    """Counted on its own (it looks rows up in another table), after the tests before it."""
+    sessions(con, {"id": "1", "cancel_clients": "76|2328|0,77|2329|0"})
+    folder = copy_transforms(tmp_path)
+    edit(
+        folder / "marts" / "session_cancellations.sql",
+        "        session_id,\n",
+        "        session_id + 1000 as session_id,\n",
+    )
+    edit(
+        folder / "marts" / "session_cancellations.yml",
+        "field: session_id}",
+        "field: session_id, severity: error}",
+    )
+    with pytest.raises(TransformFailed) as failure:
+        run_transforms(con, folder)
+    assert str(failure.value) == (
+        "analytics.session_cancellations.session_id failed its relationships (in sessions."
+        "session_id) test in 2 rows, so the previous analytics tables were kept."
+    )
+
+
 def test_a_warn_test_is_reported_not_fatal(con, tmp_path: Path) -> None:
     all_sources(con)
     folder = copy_transforms(tmp_path)

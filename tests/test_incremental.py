@@ -814,3 +814,38 @@ def test_a_table_a_setup_file_makes_dropped_by_hand_makes_the_night_full(con) ->
     ), build.summary
     assert tables(con)["data_issues"] == before
     equals_full_rebuild(con, build)
+
+
+def test_a_large_night_is_typed_in_parts_and_equals_a_full_rebuild(con) -> None:
+    """A night of 6,000 changed raw rows fills less than a row group, which DuckDB scans on one
+    thread: the view the staging model reads splits them into one part per thread. The parts
+    must hold every row once (an incremental night equal to a full rebuild), with the edits
+    spread over data issues, cancellations and time zones."""
+    con.execute("set threads = 2")
+    # 30,000 sessions copied from three of the fixture's: a time zone, cancellations, an issue
+    for offset, template in enumerate(("3", "5", "2")):
+        con.execute(
+            "insert into bizstim.sessions select s.* replace ("
+            f"  cast(10000 + n * 3 + {offset} as varchar) as id,"
+            f"  'bulk-{offset}-' || n as _dlt_id)"
+            f" from bizstim.sessions s, range(10000) r(n) where s.id = '{template}'"
+        )
+    assert not build_analytics(con).decisions[0].incremental  # 30,000 new sessions: in full
+    edited = "cast(id as int) between 10000 and 12999"
+    con.execute(f"update bizstim.sessions set _dlt_valid_to = ? where {edited}", [LOAD_2])
+    con.execute(
+        "insert into bizstim.sessions select * replace ("
+        "  case when cast(id as int) % 2 = 0 then '1' else session_status end as session_status,"
+        "  case when cast(id as int) % 5 = 0 then '' else cancel_clients end as cancel_clients,"
+        "  _dlt_id || '-2' as _dlt_id, '2' as _dlt_load_id, ? as _dlt_valid_from,"
+        "  null as _dlt_valid_to)"
+        f" from bizstim.sessions where {edited}",
+        [LOAD_2],
+    )
+    build = build_analytics(con)
+    assert build.summary == "incremental (bizstim.sessions: 3,000 records changed)"
+    (view,) = con.execute(
+        "select sql from duckdb_views() where view_name = 'raw_bizstim__sessions'"
+    ).fetchall()[0]
+    assert view.upper().count("UNION ALL") == 1 and "(_raw_row % 2) = 1" in view, view
+    equals_full_rebuild(con, build)
