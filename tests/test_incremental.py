@@ -849,3 +849,37 @@ def test_a_large_night_is_typed_in_parts_and_equals_a_full_rebuild(con) -> None:
     ).fetchall()[0]
     assert view.upper().count("UNION ALL") == 1 and "(_raw_row % 2) = 1" in view, view
     equals_full_rebuild(con, build)
+
+
+def test_two_current_versions_of_one_load_resolve_the_same_way_in_every_build(con) -> None:
+    """A session given two current versions by one load (same valid_from and load) is a tie in
+    the versions' order: builds broke it by the order the rows arrived in, which a night's
+    parts (and the threads of any build) change, so nights and full rebuilds kept different
+    versions. The version stored last wins, in every build."""
+    con.execute("set threads = 2")
+    for offset, template in enumerate(("3", "5", "2")):
+        con.execute(
+            "insert into bizstim.sessions select s.* replace ("
+            f"  cast(10000 + n * 3 + {offset} as varchar) as id,"
+            f"  'bulk-{offset}-' || n as _dlt_id)"
+            f" from bizstim.sessions s, range(10000) r(n) where s.id = '{template}'"
+        )
+    assert not build_analytics(con).decisions[0].incremental
+    edited = "cast(id as int) between 10000 and 12999"
+    con.execute(f"update bizstim.sessions set _dlt_valid_to = ? where {edited}", [LOAD_2])
+    for status in ("1", "2"):  # two versions of each edited session, one load, both current
+        con.execute(
+            "insert into bizstim.sessions select * replace ("
+            f"  '{status}' as session_status, _dlt_id || '-{status}' as _dlt_id,"
+            "  '2' as _dlt_load_id, ? as _dlt_valid_from, null as _dlt_valid_to)"
+            f" from bizstim.sessions where {edited} and _dlt_load_id <> '2'",
+            [LOAD_2],
+        )
+    build = build_analytics(con)
+    assert build.summary == "incremental (bizstim.sessions: 3,000 records changed)"
+    statuses = con.execute(
+        "select status, count(*) from analytics.sessions where session_id between 10000 and "
+        "12999 group by all"
+    ).fetchall()
+    assert statuses == [("missed", 3000)]  # session_status '2', stored after '1'
+    equals_full_rebuild(con, build)

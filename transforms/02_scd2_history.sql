@@ -6,7 +6,10 @@
 --
 --   is_current           BOOLEAN  valid_to is NULL and no later version is current (should two
 --                                 versions of a record be current, the later one wins)
---   version_number       INTEGER  1, 2, ... per record in (valid_from, load_id) order
+--   version_number       INTEGER  1, 2, ... per record in (valid_from, load_id, row_key) order:
+--                                 two versions of one load are ordered as they were stored, so
+--                                 every build picks the same one (a night's parts arrive in
+--                                 another order than a full rebuild's rows)
 --   is_last_version      BOOLEAN  no later version of the record exists
 --   has_no_live_version  BOOLEAN  no current version of the record is live (see is_live): the
 --                                 record is gone (deleted, retired, deactivated)
@@ -39,7 +42,7 @@ with history as (
             versions rows between unbounded preceding and unbounded following), false)
             as has_no_live_version
     from query_table(relation)
-    window versions as (partition by version_group order by valid_from, load_id)
+    window versions as (partition by version_group order by valid_from, load_id, row_key)
 )
 select rows.* exclude (row_key), history.* exclude (row_key)
 from query_table(relation) as rows
