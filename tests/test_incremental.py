@@ -816,13 +816,9 @@ def test_a_table_a_setup_file_makes_dropped_by_hand_makes_the_night_full(con) ->
     equals_full_rebuild(con, build)
 
 
-def test_a_large_night_is_typed_in_parts_and_equals_a_full_rebuild(con) -> None:
-    """A night of 6,000 changed raw rows fills less than a row group, which DuckDB scans on one
-    thread: the view the staging model reads splits them into one part per thread. The parts
-    must hold every row once (an incremental night equal to a full rebuild), with the edits
-    spread over data issues, cancellations and time zones."""
-    con.execute("set threads = 2")
-    # 30,000 sessions copied from three of the fixture's: a time zone, cancellations, an issue
+def thirty_thousand_sessions(con: duckdb.DuckDBPyConnection) -> None:
+    """Sessions 10000-39999, copied from three of the fixture's: a time zone, cancellations,
+    an issue."""
     for offset, template in enumerate(("3", "5", "2")):
         con.execute(
             "insert into bizstim.sessions select s.* replace ("
@@ -830,6 +826,15 @@ def test_a_large_night_is_typed_in_parts_and_equals_a_full_rebuild(con) -> None:
             f"  'bulk-{offset}-' || n as _dlt_id)"
             f" from bizstim.sessions s, range(10000) r(n) where s.id = '{template}'"
         )
+
+
+def test_a_large_night_is_typed_in_parts_and_equals_a_full_rebuild(con) -> None:
+    """A night of 6,000 changed raw rows fills less than a row group, which DuckDB scans on one
+    thread: the view the staging model reads splits them into one part per thread. The parts
+    must hold every row once (an incremental night equal to a full rebuild), with the edits
+    spread over data issues, cancellations and time zones."""
+    con.execute("set threads = 2")
+    thirty_thousand_sessions(con)
     assert not build_analytics(con).decisions[0].incremental  # 30,000 new sessions: in full
     edited = "cast(id as int) between 10000 and 12999"
     con.execute(f"update bizstim.sessions set _dlt_valid_to = ? where {edited}", [LOAD_2])
@@ -857,13 +862,7 @@ def test_two_current_versions_of_one_load_resolve_the_same_way_in_every_build(co
     parts (and the threads of any build) change, so nights and full rebuilds kept different
     versions. The version stored last wins, in every build."""
     con.execute("set threads = 2")
-    for offset, template in enumerate(("3", "5", "2")):
-        con.execute(
-            "insert into bizstim.sessions select s.* replace ("
-            f"  cast(10000 + n * 3 + {offset} as varchar) as id,"
-            f"  'bulk-{offset}-' || n as _dlt_id)"
-            f" from bizstim.sessions s, range(10000) r(n) where s.id = '{template}'"
-        )
+    thirty_thousand_sessions(con)
     assert not build_analytics(con).decisions[0].incremental
     edited = "cast(id as int) between 10000 and 12999"
     con.execute(f"update bizstim.sessions set _dlt_valid_to = ? where {edited}", [LOAD_2])
